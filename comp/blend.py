@@ -1,0 +1,157 @@
+"""`comp blend`: runs -> one submission, scored honestly on out-of-fold rows.
+
+Each run's test logits are first averaged over its folds; then runs are combined by
+the chosen method (comp.ensemble). Anything fit on labels (weights, stacker,
+temperatures, top-k choice) is scored nested: fit on the other folds, scored on each
+held-out fold. Class indices become names only through folds/labels.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import ensemble
+from .folds import folds_dir
+from .io import CompError, read_json, write_csv, write_json
+from .labels import LabelMap
+from .runs import Run, find_runs
+from .submit import kaggle_command, validate_submission
+
+METHODS = ("soft", "logit", "hard", "rank", "select", "stack")
+
+
+@dataclass
+class BlendOptions:
+    method: str = "soft"
+    runs: list[str] | None = None
+    name: str | None = None
+    top: str | None = None
+    temperature: bool = False
+    metric: str = "logloss"
+    workdir: str = "."
+
+
+@dataclass
+class Aligned:
+    """Runs lined up on the same OOF rows and test rows."""
+    runs: list[Run]
+    oof_ids: np.ndarray
+    oof_logits: np.ndarray  # (R, N, C)
+    y: np.ndarray
+    fold: np.ndarray
+    test_logits: np.ndarray  # (R, M, C)
+
+
+def check_label_maps(runs: list[Run], label_map: LabelMap) -> None:
+    """The index-versus-name guard: every run must have been trained on this exact label map."""
+    wrong = [f"{r.name} ({r.label_hash})" for r in runs if r.label_hash != label_map.hash]
+    if wrong:
+        raise CompError(f"label map mismatch: folds/labels.json has hash {label_map.hash}, but run(s) "
+                        f"{', '.join(wrong)} were trained with another class order; retrain them or "
+                        f"leave them out with --runs")
+
+
+def align(runs: list[Run], test_ids: np.ndarray) -> Aligned:
+    base = runs[0]
+    order = np.argsort(base.oof_ids, kind="stable")
+    ids = base.oof_ids[order]
+    logits, test_logits = [], []
+    for run in runs:
+        run_order = np.argsort(run.oof_ids, kind="stable")
+        if len(run.oof_ids) != len(ids) or not np.array_equal(run.oof_ids[run_order], ids):
+            raise CompError(f"runs {base.name} (folds {base.fold_ids}) and {run.name} (folds {run.fold_ids}) "
+                            f"cover different OOF rows; blend runs with the same folds, or pick them with --runs")
+        for f in run.folds:
+            if not np.array_equal(f.test_ids, test_ids):
+                raise CompError(f"{f.path}: its test ids differ from folds/test.csv; re-predict or retrain it")
+        logits.append(run.oof_logits[run_order])
+        test_logits.append(run.test_logits)
+    return Aligned(runs, ids, np.stack(logits), base.oof_labels[order], base.oof_fold[order], np.stack(test_logits))
+
+
+def run_scores(aligned: Aligned, num_classes: int) -> list[dict]:
+    rows = []
+    for run, z in zip(aligned.runs, aligned.oof_logits):
+        p = ensemble.softmax(z)
+        rows.append({"run": run.name, "folds": run.fold_ids, "accuracy": ensemble.accuracy(p, aligned.y),
+                     "macro_f1": ensemble.macro_f1(p, aligned.y, num_classes),
+                     "log_loss": ensemble.log_loss(p, aligned.y), "tta": run.folds[0].config.get("tta")})
+    return rows
+
+
+def score_blend(aligned: Aligned, method: str, num_classes: int, **opts):
+    """Honest OOF score of a blend: nested when anything is learned from labels."""
+    blender = ensemble.fit(method, aligned.oof_logits, aligned.y, **opts)
+    insample = blender.predict(aligned.oof_logits)
+    result = {"method": method, "insample_accuracy": ensemble.accuracy(insample, aligned.y),
+              "insample_log_loss": ensemble.log_loss(insample, aligned.y),
+              "weights": None if blender.weights is None else blender.weights.tolist()}
+    if blender.learned and len(np.unique(aligned.fold)) < 2:
+        raise CompError(f"--method {method} learns from OOF labels and needs at least 2 folds per run to "
+                        f"score honestly; train more folds (--fold all) or use soft/logit/hard/rank")
+    if blender.learned:
+        nested = ensemble.nested_oof(aligned.oof_logits, aligned.y, aligned.fold, method, **opts)
+        honest = nested.oof_scores
+    else:
+        honest = insample
+    result.update(accuracy=ensemble.accuracy(honest, aligned.y),
+                  macro_f1=ensemble.macro_f1(honest, aligned.y, num_classes),
+                  log_loss=ensemble.log_loss(honest, aligned.y), nested=blender.learned)
+    return result, blender, honest
+
+
+def blend(opts: BlendOptions) -> Path:
+    if opts.method not in METHODS:
+        raise CompError(f"--method {opts.method}: choose one of {', '.join(METHODS)}")
+    workdir = Path(opts.workdir)
+    label_map = LabelMap.load(folds_dir(workdir) / "labels.json")
+    prepare_info = read_json(folds_dir(workdir) / "prepare.json")
+    test_ids = pd.read_csv(folds_dir(workdir) / "test.csv", dtype={"id": str}, keep_default_na=False).id.to_numpy()
+    runs = find_runs(workdir, opts.runs)
+    check_label_maps(runs, label_map)
+    aligned = align(runs, test_ids.astype(str))
+    per_run = run_scores(aligned, label_map.num_classes)
+    for row in per_run:
+        print(f"  run {row['run']:<24} folds {row['folds']}  OOF accuracy {row['accuracy']:.4f}  "
+              f"macro-F1 {row['macro_f1']:.4f}  log loss {row['log_loss']:.4f}  (TTA {row['tta']})")
+    fit_opts = dict(temperature=opts.temperature, top=_parse_top(opts.top))
+    if opts.method == "select":
+        fit_opts["metric"] = opts.metric
+    result, blender, _ = score_blend(aligned, opts.method, label_map.num_classes, **fit_opts)
+    tag = "nested, honest" if result["nested"] else "no parameters fit"
+    print(f"blend {opts.method}: OOF accuracy {result['accuracy']:.4f} ({tag}; in-sample "
+          f"{result['insample_accuracy']:.4f}), macro-F1 {result['macro_f1']:.4f}, log loss {result['log_loss']:.4f}")
+    if result["weights"] is not None and len(runs) > 1:
+        print("  weights: " + ", ".join(f"{r.name}={w:.3f}" for r, w in zip(runs, result["weights"])))
+
+    test_scores = blender.predict(aligned.test_logits)
+    name = opts.name or f"{opts.method}_{len(runs)}runs"
+    sample_path = Path(prepare_info["layout"]["sample_submission"])
+    submission = make_submission(test_ids, test_scores.argmax(1), label_map, sample_path, prepare_info["layout"])
+    out = workdir / "submissions" / f"{name}.csv"
+    validate_submission(submission, sample_path, label_map)
+    write_csv(out, submission)
+    write_json(out.with_suffix(".json"), {"method": opts.method, "options": vars(opts), "blend": result,
+                                          "runs": per_run, "label_hash": label_map.hash, "rows": len(submission)})
+    print(f"wrote {out} ({len(submission)} rows); send it with:\n  {kaggle_command(out, result)}")
+    return out
+
+
+def make_submission(test_ids, indices, label_map: LabelMap, sample_path: Path, layout: dict) -> pd.DataFrame:
+    """The sample submission with its label column replaced: same header, same id order."""
+    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    id_col, label_col = layout["sub_id_col"], layout["sub_label_col"]
+    if not np.array_equal(sample[id_col].to_numpy().astype(str), np.asarray(test_ids).astype(str)):
+        raise CompError(f"{sample_path}: ids differ from folds/test.csv; re-run `comp prepare`")
+    out = sample.copy()
+    out[label_col] = label_map.decode(indices)
+    return out
+
+
+def _parse_top(top):
+    if top is None:
+        return None
+    return top if str(top).endswith("%") else int(top)

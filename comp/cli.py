@@ -1,0 +1,172 @@
+"""The `comp` command: one sub-command per stage. Argument parsing only; the work is in the modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .io import CompError
+
+
+def _prepare(args):
+    from .data import LayoutOverrides
+    from .folds import PrepareOptions, prepare
+
+    overrides = LayoutOverrides(args.train_csv, args.val_csv, args.id_col, args.label_col, args.image_dir,
+                                args.val_image_dir, args.test_dir, args.sample_submission, args.ext)
+    prepare(PrepareOptions(args.data, args.workdir, args.folds, args.seed, args.size, args.skip_bad), overrides)
+
+
+def _train_config(args, fold):
+    from .train import TrainConfig
+
+    model_kwargs = {}
+    if args.pretrained:
+        model_kwargs["pretrained"] = True
+    if args.weights:
+        model_kwargs["weights"] = args.weights
+    if args.no_adapt:
+        model_kwargs["adapt"] = False
+    recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                                            "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
+                                            "patience", "grad_clip")}
+    ema = {"on": True, "off": False}.get(args.ema)
+    return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
+                       device=args.device, precision=args.precision, compile=args.compile, resume=args.resume,
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, **recipe)
+
+
+def _train(args):
+    from .models import count_params, create_model, list_models, model_info
+
+    if args.list_archs:
+        for name in list_models():
+            params = count_params(create_model(name, num_classes=10, img_size=32))
+            print(f"{name:<20} {params / 1e6:8.2f}M params  {model_info(name)['description']}")
+        print("timm/<name>          any timm model (stem adapted to small inputs unless --no-adapt)")
+        return
+    if not args.arch:
+        raise CompError("--arch is required (see --list-archs)")
+    from .train import train
+
+    fold = -1 if args.fold == "all" else _int(args.fold, "--fold")
+    train(_train_config(args, fold))
+
+
+def _int(value, flag):
+    try:
+        return int(value)
+    except ValueError:
+        raise CompError(f"{flag} {value!r}: expected a number or 'all'") from None
+
+
+def _blend(args):
+    from .blend import BlendOptions, blend
+
+    blend(BlendOptions(args.method, args.runs, args.name, args.top, args.temperature, args.metric, args.workdir))
+
+
+def _submit(args):
+    from .submit import submit
+
+    submit(args.csv, args.competition, args.message, args.dry_run, args.workdir)
+
+
+def _demo(args):
+    from .demo import run_demo
+
+    run_demo(args.workdir, args.epochs, args.folds)
+
+
+def _add_train_args(p):
+    p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>")
+    p.add_argument("--fold", default="0", help="fold to hold out (0..K-1) or 'all' (default 0)")
+    p.add_argument("--name", help="run name (default: the arch); runs/<name>/fold<K>/")
+    p.add_argument("--list-archs", action="store_true", help="list architectures with parameter counts")
+    g = p.add_argument_group("recipe (default: the architecture's recipe)")
+    g.add_argument("--epochs", type=float, help="epochs, fractional allowed")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "plateau", "constant"])
+    g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
+    g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
+    g.add_argument("--aug", help="e.g. flip,translate:2,cutout:8 ('none' for no augmentation)")
+    g.add_argument("--tta", choices=["none", "flip", "flip+shift"])
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="retrain a finished run")
+    p.add_argument("--pretrained", action="store_true", help="timm models: load pretrained weights")
+    p.add_argument("--weights", help="timm models: a local weights file (offline pretrained)")
+    p.add_argument("--no-adapt", action="store_true", help="timm models: keep the stem's stride")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comp", description="Kaggle image classification: prepare, train, blend, submit.")
+    parser.add_argument("--workdir", default=".", help="folder holding folds/, runs/, submissions/ (default .)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    # --workdir is accepted after the sub-command too (comp prepare --data X --workdir D).
+    workdir = argparse.ArgumentParser(add_help=False)
+    workdir.add_argument("--workdir", default=argparse.SUPPRESS, help="as above")
+
+    p = sub.add_parser("prepare", parents=[workdir], help="merge train+val, stratified folds, label map, image cache")
+    p.add_argument("--data", required=True, help="competition zip or extracted folder")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: most common size)")
+    p.add_argument("--skip-bad", action="store_true", help="drop bad rows/images and report them instead of failing")
+    for flag in ("train-csv", "val-csv", "id-col", "label-col", "image-dir", "val-image-dir", "test-dir",
+                 "sample-submission", "ext"):
+        p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture")
+    _add_train_args(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("blend", parents=[workdir], help="combine runs and write submissions/<name>.csv")
+    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"])
+    p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
+    p.add_argument("--name", help="submission name (default: <method>_<n>runs)")
+    p.add_argument("--top", help="keep the best runs first: '30%%' or a count")
+    p.add_argument("--temperature", action="store_true", help="temperature-scale each run before combining")
+    p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"], help="for --method select")
+    p.set_defaults(func=_blend)
+
+    p = sub.add_parser("submit", parents=[workdir], help="validate a submission and send it to Kaggle")
+    p.add_argument("csv")
+    p.add_argument("-c", "--competition", required=True)
+    p.add_argument("-m", "--message")
+    p.add_argument("--dry-run", action="store_true", help="validate only")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("demo", parents=[workdir], help="the whole chain on scikit-learn's digits, offline")
+    p.add_argument("--epochs", type=float, default=8)
+    p.add_argument("--folds", type=int, default=5)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CompError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: outputs written so far are complete; `comp train ... --resume` continues a run",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

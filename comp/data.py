@@ -1,0 +1,257 @@
+"""Find a competition's files and turn them into tables of (id, path, label).
+
+Three layouts are recognised; every guess can be overridden (see `LayoutOverrides`):
+1. cifar-10 style: train/ with {id}.jpg, trainLabels.csv (id,label), test/, sampleSubmission.csv
+2. separate parts: train.csv + train_images/, val.csv + val_images/, test.csv + test_images/,
+   sample_submission.csv. The parts are merged into one pool (column `source`).
+3. class folders: train/<class>/*.jpg, a flat test/ folder, any sample submission.
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .io import CompError, atomic_path
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class LayoutOverrides:
+    train_csv: str | None = None
+    val_csv: str | None = None
+    id_col: str | None = None
+    label_col: str | None = None
+    image_dir: str | None = None
+    val_image_dir: str | None = None
+    test_dir: str | None = None
+    sample_submission: str | None = None
+    ext: str | None = None
+
+
+@dataclass
+class Part:
+    """One labelled source of training images: a CSV with an image folder, or class folders."""
+    source: str
+    image_dir: Path
+    csv: Path | None = None  # None: one sub-folder per class
+
+
+@dataclass
+class Layout:
+    root: Path
+    kind: str
+    parts: list[Part]
+    test_dir: Path
+    sample_submission: Path
+    sub_id_col: str
+    sub_label_col: str
+    id_col: str | None = None
+    label_col: str | None = None
+    ext: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"layout: {self.kind} (root {self.root})"]
+        for part in self.parts:
+            what = f"{part.csv.name} + {part.image_dir.name}/" if part.csv else f"{part.image_dir.name}/<class>/"
+            lines.append(f"  {part.source}: {what}")
+        lines.append(f"  test: {self.test_dir.name}/, sample submission {self.sample_submission.name}"
+                     f" (columns {self.sub_id_col},{self.sub_label_col})")
+        if self.id_col:
+            lines.append(f"  train columns: id={self.id_col}, label={self.label_col}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def open_competition(data: str | Path, workdir: Path) -> Path:
+    """A zip is extracted once into workdir/data/<name>/; a folder is used in place."""
+    data = Path(data).resolve()
+    if not data.exists():
+        raise CompError(f"--data {data}: no such file or folder")
+    if data.is_dir():
+        return _descend_single_folder(data)
+    if not zipfile.is_zipfile(data):
+        raise CompError(f"--data {data}: not a zip file or a folder")
+    target = workdir / "data" / data.stem
+    if not target.exists():
+        print(f"extracting {data} -> {target}")
+        with atomic_path(target) as tmp, zipfile.ZipFile(data) as archive:
+            archive.extractall(tmp)
+    return _descend_single_folder(target)
+
+
+def _descend_single_folder(root: Path) -> Path:
+    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir() and not _looks_like_image_dir(entries[0]):
+        return _descend_single_folder(entries[0])
+    return root
+
+
+def _looks_like_image_dir(path: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTS for p in list(path.iterdir())[:50])
+
+
+def _pick(root: Path, given: str | None, pattern: str, what: str, required=True, dirs=False) -> Path | None:
+    if given:
+        path = Path(given) if Path(given).is_absolute() else root / given
+        if not path.exists():
+            raise CompError(f"{what} {path} does not exist")
+        return path
+    regex = re.compile(pattern, re.I)
+    found = sorted(p for p in root.iterdir() if p.is_dir() == dirs and regex.search(p.name))
+    if not found:
+        if required:
+            kind = "folder" if dirs else "file"
+            raise CompError(f"no {what} {kind} found in {root} (looked for /{pattern}/); pass it with a flag")
+        return None
+    return found[0]
+
+
+def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
+    ov = ov or LayoutOverrides()
+    sample = _pick(root, ov.sample_submission, r"sample.?sub.*\.csv$", "sample submission")
+    sub_cols = list(pd.read_csv(sample, nrows=0).columns)
+    if len(sub_cols) < 2:
+        raise CompError(f"{sample}: expected an id column and a label column, found {sub_cols}")
+    test_dir = _pick(root, ov.test_dir, r"^test", "test image", dirs=True)
+    train_csv = _pick(root, ov.train_csv, r"^train.*\.csv$", "train csv", required=False)
+    train_dir = _pick(root, ov.image_dir, r"^train", "train image", dirs=True,
+                      required=train_csv is None)
+    if train_csv is None:
+        return Layout(root, "class-folders", [Part("train", train_dir)], test_dir, sample,
+                      sub_cols[0], sub_cols[1], ext=ov.ext)
+    if train_dir is None:
+        train_dir = _image_dir_for(root, train_csv, "train")
+    parts = [Part("train", train_dir, train_csv)]
+    val_csv = _pick(root, ov.val_csv, r"^val.*\.csv$", "validation csv", required=False)
+    if val_csv is not None:
+        val_dir = _pick(root, ov.val_image_dir, r"^val", "validation image", dirs=True, required=False)
+        parts.append(Part("val", val_dir or _image_dir_for(root, val_csv, "val"), val_csv))
+    kind = "train+val parts" if val_csv is not None else "csv + image folder"
+    id_col, label_col = _label_columns(train_csv, sub_cols, ov)
+    return Layout(root, kind, parts, test_dir, sample, sub_cols[0], sub_cols[1],
+                  id_col=id_col, label_col=label_col, ext=ov.ext)
+
+
+def _image_dir_for(root: Path, csv: Path, prefix: str) -> Path:
+    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith(prefix)]
+    if not dirs:
+        raise CompError(f"{csv}: no image folder beside it named {prefix}*; pass --image-dir")
+    return sorted(dirs)[0]
+
+
+def _label_columns(train_csv: Path, sub_cols: list[str], ov: LayoutOverrides) -> tuple[str, str]:
+    cols = list(pd.read_csv(train_csv, nrows=0).columns)
+    id_col = ov.id_col or (sub_cols[0] if sub_cols[0] in cols else cols[0])
+    label_col = ov.label_col or (sub_cols[1] if sub_cols[1] in cols else (cols[1] if len(cols) > 1 else None))
+    for name, flag in ((id_col, "--id-col"), (label_col, "--label-col")):
+        if name not in cols:
+            raise CompError(f"{train_csv}: column {name!r} not found (columns: {cols}); pass {flag}")
+    return id_col, label_col
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class ImageIndex:
+    """Files of one folder, found by exact name or by name without extension."""
+
+    def __init__(self, folder: Path, ext: str | None = None):
+        self.folder = folder
+        self.ext = ext if (ext is None or ext.startswith(".")) else "." + ext
+        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+        self.by_name = {p.name: p for p in files}
+        self.by_stem: dict[str, Path] = {}
+        for p in files:
+            self.by_stem.setdefault(p.stem, p)
+
+    def find(self, image_id: str) -> Path | None:
+        if self.ext and (hit := self.by_name.get(image_id + self.ext)):
+            return hit
+        return self.by_name.get(image_id) or self.by_stem.get(image_id)
+
+
+@dataclass
+class Problem:
+    """A bad input row or file; raised as an error, or dropped and reported with --skip-bad."""
+    where: str
+    what: str
+
+    def __str__(self):
+        return f"{self.where}: {self.what}"
+
+
+def read_train_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
+    tables = [_read_part(layout, part, problems) for part in layout.parts]
+    table = pd.concat(tables, ignore_index=True)
+    _check_duplicate_ids(table, problems)
+    train_classes = set(table.loc[table.source == "train", "label"])
+    for row in table[(table.source != "train") & ~table.label.isin(train_classes)].itertuples():
+        problems.append(Problem(row.where, f"label {row.label!r} appears in {row.source} but not in train"))
+    return table
+
+
+def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFrame:
+    if part.csv is None:
+        return _read_class_folders(part, layout.ext, problems)
+    frame = pd.read_csv(part.csv, dtype=str, keep_default_na=False)
+    for col in (layout.id_col, layout.label_col):
+        if col not in frame.columns:
+            raise CompError(f"{part.csv}: column {col!r} missing (columns: {list(frame.columns)})")
+    index = ImageIndex(part.image_dir, layout.ext)
+    rows, used = [], set()
+    for i, (image_id, label) in enumerate(zip(frame[layout.id_col], frame[layout.label_col])):
+        where = f"{part.csv.name} row {i + 2}"  # +2: 1-based, after the header line
+        image_id, label = image_id.strip(), label.strip()
+        path = index.find(image_id)
+        if not image_id or not label:
+            problems.append(Problem(where, f"empty id or label ({image_id!r}, {label!r})"))
+        elif path is None:
+            problems.append(Problem(where, f"id {image_id!r} has no image file in {part.image_dir}"))
+        else:
+            used.add(path.name)
+            rows.append((image_id, str(path), label, part.source, where))
+    for name in sorted(set(index.by_name) - used):
+        problems.append(Problem(f"{part.image_dir.name}/{name}", f"image has no label in {part.csv.name}"))
+    return pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
+
+
+def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) -> pd.DataFrame:
+    rows = []
+    for entry in sorted(part.image_dir.iterdir()):
+        if entry.is_dir():
+            for img in sorted(entry.iterdir()):
+                if img.suffix.lower() in IMAGE_EXTS and (ext is None or img.suffix.lstrip(".") == ext.lstrip(".")):
+                    image_id = img.name if ext is None else img.stem
+                    rows.append((image_id, str(img), entry.name, part.source, f"{entry.name}/{img.name}"))
+        elif entry.suffix.lower() in IMAGE_EXTS:
+            problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))
+    if not rows:
+        raise CompError(f"{part.image_dir}: no class sub-folders with images found")
+    return pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
+
+
+def _check_duplicate_ids(table: pd.DataFrame, problems: list[Problem]) -> None:
+    dup = table[table.duplicated("id", keep=False)]
+    for image_id, group in dup.groupby("id", sort=False):
+        wheres = list(group["where"])
+        problems.append(Problem(wheres[-1], f"duplicate id {image_id!r} (also at {', '.join(wheres[:-1])})"))
+
+
+def read_test_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
+    """Test ids in the sample submission's order, each with its image path."""
+    sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
+    index = ImageIndex(layout.test_dir, layout.ext)
+    rows = []
+    for i, image_id in enumerate(sample[layout.sub_id_col]):
+        path = index.find(image_id.strip())
+        if path is None:
+            where = f"{layout.sample_submission.name} row {i + 2}"
+            problems.append(Problem(where, f"test id {image_id!r} has no image file in {layout.test_dir}"))
+        rows.append((image_id, str(path) if path else ""))
+    return pd.DataFrame(rows, columns=["id", "path"])

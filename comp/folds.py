@@ -1,0 +1,236 @@
+"""`comp prepare`: detect the layout, validate, build the label map, stratified folds and the image cache.
+
+Everything lands in <workdir>/folds/, written atomically:
+  folds.csv     id, path, label, fold, source  (row i is row i of cache/train_<S>.npy)
+  test.csv      id, path in the sample submission's order (row i is row i of cache/test_<S>.npy)
+  labels.json   the label map (class order, hash, how labels are written back)
+  prepare.json  what was detected, counts, sizes, modes, duplicates, dropped rows
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from . import cache as cache_mod
+from .data import LayoutOverrides, Problem, detect_layout, open_competition, read_test_table, read_train_table
+from .io import CompError, read_json, write_csv, write_json
+from .labels import LabelMap, build_label_map
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass
+class PrepareOptions:
+    data: str
+    workdir: str = "."
+    folds: int = 5
+    seed: int = 42
+    size: int | None = None
+    skip_bad: bool = False
+
+
+def folds_dir(workdir) -> Path:
+    return Path(workdir) / "folds"
+
+
+def assign_folds(labels, n_folds: int, seed: int) -> np.ndarray:
+    """Stratified, shuffled, seeded: the same input always gives the same folds."""
+    labels = np.asarray(labels)
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold[held_out] = k
+    return fold
+
+
+def ids_fingerprint(ids) -> str:
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> dict:
+    started = time.time()
+    if opts.folds < 2:
+        raise CompError(f"--folds {opts.folds}: need at least 2 folds")
+    workdir = Path(opts.workdir)
+    out = folds_dir(workdir)
+    root = open_competition(opts.data, workdir)
+    layout = detect_layout(root, overrides)
+    print(layout.describe())
+
+    problems: list[Problem] = []
+    train = read_train_table(layout, problems)
+    test = read_test_table(layout, problems)
+    _fail_on_test_problems(problems)
+    sizes, modes, bad = cache_mod.scan_headers(list(train.path), "scanning train")
+    problems += cache_mod.problems_from_rows(bad, train)
+    train = train.assign(size=sizes, mode=modes)
+    train = _drop_problem_rows(train, problems, opts.skip_bad)
+    problems += _small_classes(train, opts.folds)
+    train = _drop_problem_rows(train, problems, opts.skip_bad)
+
+    size = opts.size or cache_mod.choose_size(train["size"])
+    cache_dir = out / "cache"
+    train_cache, test_cache = cache_dir / f"train_{size}.npy", cache_dir / f"test_{size}.npy"
+    bad, train_hashes = cache_mod.build_cache(list(train.path), size, train_cache, "caching train")
+    if bad:
+        decode_problems = cache_mod.problems_from_rows(bad, train)
+        if not opts.skip_bad:
+            train_cache.unlink()
+            _raise_problems(decode_problems)
+        problems += decode_problems
+        keep = np.setdiff1d(np.arange(len(train)), [row for row, _ in bad])
+        _compact_cache(train_cache, keep)
+        train = train.iloc[keep].reset_index(drop=True)
+        train_hashes = [train_hashes[i] for i in keep]
+    bad, test_hashes = cache_mod.build_cache(list(test.path), size, test_cache, "caching test")
+    if bad:
+        test_cache.unlink()
+        _raise_problems(cache_mod.problems_from_rows(bad, test.assign(where="test"), "test"))
+
+    sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
+    label_map = build_label_map(train.label, sample[layout.sub_label_col])
+    train["fold"] = assign_folds(train.label, opts.folds, opts.seed)
+
+    def rel(p):  # paths relative to the workdir keep folds/ portable with the data
+        return os.path.relpath(p, workdir) if p else ""
+
+    folds_table = pd.DataFrame({"id": train.id, "path": train.path.map(rel), "label": train.label,
+                                "fold": train.fold, "source": train.source})
+    test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})
+    summary = _summary(opts, layout, train, test, label_map, problems, size,
+                       cache_mod.duplicate_report(train_hashes, list(train.label), test_hashes))
+    summary["cache"] = {"train": rel(train_cache), "test": rel(test_cache), "size": size,
+                        "train_fingerprint": ids_fingerprint(folds_table.id),
+                        "test_fingerprint": ids_fingerprint(test_table.id)}
+    summary["seconds"] = round(time.time() - started, 1)
+    # labels.json last but one and prepare.json last: train checks prepare.json exists.
+    write_csv(out / "folds.csv", folds_table)
+    write_csv(out / "test.csv", test_table)
+    label_map.save(out / "labels.json")
+    write_json(out / "prepare.json", summary)
+    print_summary(summary)
+    return summary
+
+
+def _fail_on_test_problems(problems: list[Problem]) -> None:
+    # Test rows cannot be dropped: the submission must cover every id of the sample.
+    test_problems = [p for p in problems if "test id" in p.what]
+    if test_problems:
+        _raise_problems(test_problems, can_skip=False)
+
+
+def _drop_problem_rows(table: pd.DataFrame, problems: list[Problem], skip_bad: bool) -> pd.DataFrame:
+    if not problems:
+        return table
+    if not skip_bad:
+        _raise_problems(problems)
+    bad_where = {p.where for p in problems} | {p.where.split(" (")[0] for p in problems}
+    bad_classes = {p.where[len("class "):] for p in problems if p.where.startswith("class ")}
+    keep = ~table["where"].isin(bad_where) & ~table["label"].isin(bad_classes)
+    return table[keep].reset_index(drop=True)
+
+
+def _small_classes(train: pd.DataFrame, n_folds: int) -> list[Problem]:
+    counts = train.label.value_counts()
+    return [Problem(f"class {label}", f"has {n} image(s), fewer than --folds {n_folds}; "
+                    f"add images, lower --folds, or --skip-bad to drop the class")
+            for label, n in counts.items() if n < n_folds]
+
+
+def _raise_problems(problems: list[Problem], can_skip: bool = True) -> None:
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+    hint = "\nFix these rows, or re-run with --skip-bad to drop them (they are listed in prepare.json)." \
+        if can_skip else "\nThe test set must be complete: fix these files."
+    raise CompError(f"{len(problems)} problem(s) in the input; nothing was written:\n{shown}{more}{hint}")
+
+
+def _compact_cache(path: Path, keep: np.ndarray) -> None:
+    from .io import atomic_path
+
+    source = np.load(path, mmap_mode="r")
+    with atomic_path(path, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep),) + source.shape[1:])
+        out[:] = source[keep]
+        out.flush()
+        del out
+
+
+def _summary(opts, layout, train, test, label_map: LabelMap, problems, size, duplicates) -> dict:
+    per_class = train.label.value_counts()
+    return {
+        "options": asdict(opts),
+        "layout": {"kind": layout.kind, "root": str(layout.root),
+                   "parts": [{"source": p.source, "csv": str(p.csv or ""), "images": str(p.image_dir)}
+                             for p in layout.parts],
+                   "test_dir": str(layout.test_dir), "sample_submission": str(layout.sample_submission),
+                   "sub_id_col": layout.sub_id_col, "sub_label_col": layout.sub_label_col,
+                   "id_col": layout.id_col, "label_col": layout.label_col},
+        "train_images": int(len(train)),
+        "test_images": int(len(test)),
+        "by_source": {k: int(v) for k, v in train.source.value_counts().items()},
+        "num_classes": label_map.num_classes,
+        "label_hash": label_map.hash,
+        "images_per_class": {c: int(per_class.get(c, 0)) for c in label_map.classes},
+        "sizes_seen": {f"{w}x{h}": n for (w, h), n in Counter(train["size"]).most_common(10)},
+        "modes_seen": dict(Counter(train["mode"]).most_common()),
+        "duplicates": duplicates,
+        "dropped": [str(p) for p in problems],
+        "folds": opts.folds,
+        "seed": opts.seed,
+    }
+
+
+def print_summary(summary: dict) -> None:
+    counts = summary["images_per_class"]
+    values = list(counts.values())
+    print(f"train images: {summary['train_images']} {summary['by_source']}  test images: {summary['test_images']}")
+    print(f"classes: {summary['num_classes']}  images per class: min {min(values)}, "
+          f"max {max(values)}, mean {np.mean(values):.1f}")
+    if len(counts) <= 20:
+        print("  " + "  ".join(f"{c}:{n}" for c, n in counts.items()))
+    print(f"sizes seen: {summary['sizes_seen']}  modes seen: {summary['modes_seen']}")
+    print(f"cache: {summary['cache']['size']}x{summary['cache']['size']} uint8 -> {summary['cache']['train']}")
+    print(f"duplicates: {summary['duplicates']}")
+    if summary["dropped"]:
+        print(f"dropped {len(summary['dropped'])} bad row(s)/class(es) (--skip-bad); see prepare.json")
+    print(f"folds: {summary['folds']} (seed {summary['seed']}), label hash {summary['label_hash']}")
+
+
+@dataclass
+class Prepared:
+    """What `comp prepare` wrote, loaded and cross-checked: the input of `comp train`."""
+    workdir: Path
+    folds: pd.DataFrame
+    test: pd.DataFrame
+    label_map: LabelMap
+    train_images: np.ndarray  # memory-mapped (N, S, S, 3) uint8
+    test_images: np.ndarray
+    info: dict
+
+
+def load_prepared(workdir) -> Prepared:
+    workdir = Path(workdir)
+    out = folds_dir(workdir)
+    if not (out / "prepare.json").exists():
+        raise CompError(f"{out / 'prepare.json'} not found: run `comp prepare --data ...` in {workdir.resolve()}")
+    info = read_json(out / "prepare.json")
+    folds = pd.read_csv(out / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
+    test = pd.read_csv(out / "test.csv", dtype={"id": str, "path": str}, keep_default_na=False)
+    label_map = LabelMap.load(out / "labels.json")
+    train_images = cache_mod.open_cache(workdir / info["cache"]["train"])
+    test_images = cache_mod.open_cache(workdir / info["cache"]["test"])
+    if (len(train_images) != len(folds) or ids_fingerprint(folds.id) != info["cache"]["train_fingerprint"]
+            or len(test_images) != len(test)):
+        raise CompError(f"{out}: folds.csv/test.csv do not match the image cache; re-run `comp prepare`")
+    if label_map.hash != info["label_hash"]:
+        raise CompError(f"{out / 'labels.json'} does not match prepare.json; re-run `comp prepare`")
+    return Prepared(workdir, folds, test, label_map, train_images, test_images, info)

@@ -1,0 +1,126 @@
+"""Model registry: one name -> one factory, plus a recipe of training defaults.
+
+Usage
+-----
+    from comp.models import create_model, list_models, model_info, count_params
+    model = create_model("fastnet", num_classes=10, in_chans=3, img_size=32)
+    model = create_model("timm/convnext_nano", num_classes=5, img_size=64, weights="w.safetensors")
+
+Every factory has the signature ``fn(num_classes, in_chans, img_size, **kw) -> nn.Module``
+and returns an fp32, randomly initialised module whose forward maps (N, in_chans, H, W)
+images to (N, num_classes) raw logits (never softmax: the trainer applies the loss).
+Extra ``**kw`` are forwarded to the model's constructor, so a typo raises TypeError.
+
+Adding a model: write a factory in the family's file (or a new ``comp/models/<family>.py``
+imported at the bottom of this file) and decorate it::
+
+    @register_model(description="...", recipe={"optimizer": "adamw", "lr": 1e-3})
+    def mynet(num_classes, in_chans, img_size, **kw):
+        return MyNet(num_classes, in_chans, img_size, **kw)
+
+``timm/<name>`` builds any timm architecture (see ``timm_adapter.py``); those names are
+accepted by ``create_model``/``model_info`` but not listed by ``list_models``.
+
+Recipe keys (training defaults the trainer understands; a model uses only these)
+--------------------------------------------------------------------------------
+epochs (float ok), batch_size, optimizer ("sgd" = Nesterov momentum | "adam" | "adamw"),
+lr, momentum, weight_decay, label_smoothing,
+schedule ("onecycle" | "cosine" | "plateau" | "constant" | "triangle"),
+bias_lr_scale (multiplies lr of 1-D params: biases and norm params), ema (bool, airbench
+lookahead EMA), aug (e.g. "flip,translate:2"), tta ("none" | "flip" | "flip+shift"),
+patience (early-stopping epochs). lr is always for a MEAN-reduced loss at ``batch_size``.
+
+Optional hooks the trainer calls when a model defines them
+----------------------------------------------------------
+model.init_from_data(images)
+    Called once before training with a float tensor (N, C, H, W) of a few thousand
+    normalized training images. fastnet initialises its whitening conv from it.
+model.on_epoch_start(epoch: int, total_epochs: float)
+    Called at the start of every epoch (0-based). fastnet freezes its whitening bias
+    (requires_grad=False) from epoch 3 on. The trainer should zero grads with
+    ``set_to_none=True`` so that SGD really skips a frozen parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+__all__ = ["create_model", "list_models", "model_info", "register_model", "count_params"]
+
+TIMM_PREFIX = "timm/"
+
+# name -> {"fn", "description", "recipe", "family"}
+_REGISTRY: dict[str, dict] = {}
+
+
+def register_model(description: str = "", recipe: dict | None = None) -> Callable:
+    """Decorator registering ``fn(num_classes, in_chans, img_size, **kw)`` under ``fn.__name__``."""
+
+    def decorator(fn: Callable) -> Callable:
+        name = fn.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = {
+            "fn": fn,
+            "description": description or (fn.__doc__ or "").strip().split("\n")[0],
+            "recipe": dict(recipe or {}),
+            "family": fn.__module__.rsplit(".", 1)[-1],
+        }
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Sorted registered names (``timm/<name>`` is accepted by create_model but not listed)."""
+    return sorted(_REGISTRY)
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(
+        f"unknown model {name!r}. Known models: {', '.join(list_models())}; "
+        f"or any timm architecture as '{TIMM_PREFIX}<name>' (e.g. '{TIMM_PREFIX}resnet18')."
+    )
+
+
+def model_info(name: str) -> dict:
+    """{"name", "description", "recipe", "family"} for a registered or ``timm/<name>`` model."""
+    if name.startswith(TIMM_PREFIX):
+        timm_adapter.check_timm_name(name[len(TIMM_PREFIX):])
+        return {
+            "name": name,
+            "description": f"timm architecture {name[len(TIMM_PREFIX):]!r} (stem adapted for <=64px)",
+            "recipe": dict(timm_adapter.TIMM_RECIPE),
+            "family": "timm_adapter",
+        }
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    entry = _REGISTRY[name]
+    return {"name": name, "description": entry["description"],
+            "recipe": dict(entry["recipe"]), "family": entry["family"]}
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, img_size: int = 32,
+                 **kwargs) -> nn.Module:
+    """Build a registered model (or ``timm/<name>``) in fp32 with random init."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_adapter.create_timm_model(
+            name[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans,
+            img_size=img_size, **kwargs)
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    model = _REGISTRY[name]["fn"](num_classes, in_chans, img_size, **kwargs)
+    return model.float()
+
+
+def count_params(model: nn.Module) -> int:
+    """Total number of parameters, trainable and frozen."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# Importing the family modules runs their @register_model decorators. They import
+# register_model from this package, so these imports must stay at the bottom.
+from . import simple, vgg, resnet, effnet, mobilenet, squeezenet, fastnet  # noqa: E402,F401
+from . import timm_adapter  # noqa: E402

@@ -1,0 +1,118 @@
+"""Optimisers, learning-rate schedules and weight averaging for the trainer."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "triangle", "plateau", "constant")
+
+
+def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float, bias_lr_scale: float):
+    """Two groups: weights, and 1-D params (biases, norm scales/shifts).
+
+    The 1-D group gets lr * bias_lr_scale but the same decay per step (airbench's trick:
+    BatchNorm biases want a much larger step; their decay must not grow with it).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    vectors = [p for p in params if p.ndim <= 1]
+    matrices = [p for p in params if p.ndim > 1]
+    bias_lr = lr * bias_lr_scale
+    decoupled = name == "adamw"  # AdamW's decay is lr * wd per step; SGD/Adam add wd * p to the gradient
+    groups = [dict(params=matrices, lr=lr, weight_decay=weight_decay)]
+    if vectors:
+        groups.append(dict(params=vectors, lr=bias_lr,
+                           weight_decay=weight_decay * (lr / bias_lr if decoupled or name == "sgd" else 1.0)))
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def lr_multiplier(schedule: str, step: int, total_steps: int, warmup: float = 0.1) -> float:
+    """Factor on the initial lr at `step` of `total_steps` (plateau/constant: 1, handled per epoch)."""
+    t = min(step / max(total_steps, 1), 1.0)
+    if schedule == "onecycle":  # linear warm-up, then cosine decay to ~0
+        if t < warmup:
+            return 0.04 + 0.96 * t / warmup
+        return 0.5 * (1 + math.cos(math.pi * (t - warmup) / (1 - warmup))) + 1e-3
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t)) + 1e-3
+    if schedule == "triangle":  # airbench94: 0.2 -> 1 at 23% -> 0.07
+        peak = 0.23
+        return 0.2 + 0.8 * t / peak if t < peak else 1.0 + (0.07 - 1.0) * (t - peak) / (1 - peak)
+    if schedule in ("plateau", "constant"):
+        return 1.0
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def set_lr(optimizer, multiplier: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * multiplier
+
+
+class Plateau:
+    """ReduceLROnPlateau on validation loss, as a multiplier so it composes with set_lr."""
+
+    def __init__(self, factor=0.5, patience=2, min_multiplier=1e-3):
+        self.factor, self.patience, self.min_multiplier = factor, patience, min_multiplier
+        self.multiplier, self.best, self.bad_epochs = 1.0, math.inf, 0
+
+    def step(self, val_loss: float) -> float:
+        if val_loss < self.best - 1e-4:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.patience:
+                self.multiplier = max(self.multiplier * self.factor, self.min_multiplier)
+                self.bad_epochs = 0
+        return self.multiplier
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+class Lookahead:
+    """airbench's EMA-as-lookahead: every few steps the live weights are pulled into an
+    average and copied back, with a decay that warms up over training (fast moves early,
+    strong averaging at the end)."""
+
+    def __init__(self, model, every_steps=5, decay_base=0.95, decay_pow=3.0):
+        self.every_steps, self.decay_base, self.decay_pow = every_steps, decay_base, decay_pow
+        self.average = None
+        self._model = model
+
+    def step(self, step: int, total_steps: int) -> None:
+        if step % self.every_steps:
+            return
+        state = self._model.state_dict()
+        if self.average is None:
+            self.average = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+            return
+        decay = (self.decay_base ** self.every_steps) * (step / total_steps) ** self.decay_pow
+        self._pull(state, decay)
+
+    def finish_epoch(self) -> None:
+        if self.average is not None:
+            self._pull(self._model.state_dict(), 1.0)
+
+    @torch.no_grad()
+    def _pull(self, state, decay: float) -> None:
+        for key, avg in self.average.items():
+            avg.lerp_(state[key], 1 - decay)
+            state[key].copy_(avg)
+
+    def state_dict(self):
+        return {"average": self.average}
+
+    def load_state_dict(self, state):
+        self.average = state["average"]

@@ -1,0 +1,162 @@
+"""The run folder: what `comp train` writes and `comp blend`/`comp report` read.
+
+runs/<name>/fold<K>/
+  config.json     the resolved training config (+ label hash, data fingerprints)
+  history.csv     one row per epoch: loss, accuracy, F1, lr, seconds
+  metrics.json    written last: its presence means the fold is complete
+  oof.npz         ids, logits (n, C) and true indices of the fold-K rows (TTA applied)
+  test.npz        ids, logits (m, C) for every row of folds/test.csv (TTA applied)
+  model.pt        best weights;  checkpoint.pt  the resumable state while training
+"""
+from __future__ import annotations
+
+from fnmatch import fnmatch
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import CompError, read_json
+
+
+def runs_root(workdir) -> Path:
+    return Path(workdir) / "runs"
+
+
+def fold_dir(workdir, name: str, fold: int) -> Path:
+    return runs_root(workdir) / name / f"fold{fold}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / "metrics.json").exists() and (path / "oof.npz").exists() and (path / "test.npz").exists()
+
+
+class RunLock:
+    """One trainer per run folder, also across machines sharing a workdir.
+
+    The lock file is created with O_EXCL; a lock left by a killed process on this
+    host (its pid is gone) is taken over, so kill -9 never blocks a resume.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = folder / "lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, me.encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                if not self._stale():
+                    owner = self.path.read_text(errors="replace").strip()
+                    raise CompError(f"{self.path.parent} is being trained by another process ({owner}); "
+                                    f"wait for it, or delete {self.path} if that process is gone")
+                self.path.unlink(missing_ok=True)
+        raise CompError(f"could not lock {self.path}")
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return True  # empty or unreadable: a writer died between create and write
+        if host != socket.gethostname():
+            return False
+        try:
+            os.kill(int(pid), 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class FoldResult:
+    name: str
+    fold: int
+    path: Path
+    config: dict
+    metrics: dict
+    oof_ids: np.ndarray
+    oof_logits: np.ndarray
+    oof_labels: np.ndarray
+    test_ids: np.ndarray
+    test_logits: np.ndarray
+
+
+def load_fold(path: Path) -> FoldResult:
+    oof, test = np.load(path / "oof.npz"), np.load(path / "test.npz")
+    config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
+    return FoldResult(config["name"], int(config["fold"]), path, config, metrics,
+                      oof["ids"].astype(str), oof["logits"].astype(np.float32), oof["labels"],
+                      test["ids"].astype(str), test["logits"].astype(np.float32))
+
+
+@dataclass
+class Run:
+    """All complete folds of one named run (one architecture/config)."""
+    name: str
+    folds: list[FoldResult]
+
+    @property
+    def label_hash(self) -> str:
+        return self.folds[0].config["label_hash"]
+
+    @property
+    def oof_ids(self) -> np.ndarray:
+        return np.concatenate([f.oof_ids for f in self.folds])
+
+    @property
+    def oof_logits(self) -> np.ndarray:
+        return np.concatenate([f.oof_logits for f in self.folds])
+
+    @property
+    def oof_labels(self) -> np.ndarray:
+        return np.concatenate([f.oof_labels for f in self.folds])
+
+    @property
+    def oof_fold(self) -> np.ndarray:
+        return np.concatenate([np.full(len(f.oof_ids), f.fold) for f in self.folds])
+
+    @property
+    def test_logits(self) -> np.ndarray:
+        """Mean over folds: each fold's model saw a different 80% of the data."""
+        return np.mean([f.test_logits for f in self.folds], axis=0)
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return [f.fold for f in self.folds]
+
+    def history(self) -> pd.DataFrame:
+        frames = [pd.read_csv(f.path / "history.csv").assign(fold=f.fold) for f in self.folds]
+        return pd.concat(frames, ignore_index=True)
+
+
+def find_runs(workdir, patterns: list[str] | None = None) -> list[Run]:
+    """Complete runs under runs/, optionally filtered by glob patterns on the run name."""
+    root = runs_root(workdir)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    if patterns:
+        chosen = [n for n in names if any(fnmatch(n, pat) for pat in patterns)]
+        missing = [pat for pat in patterns if not any(fnmatch(n, pat) for n in names)]
+        if missing:
+            raise CompError(f"--runs {' '.join(missing)}: no run matches under {root} (runs: {', '.join(names) or 'none'})")
+        names = chosen
+    runs = []
+    for name in names:
+        folds = [load_fold(p) for p in sorted((root / name).glob("fold*")) if is_complete(p)]
+        if folds:
+            runs.append(Run(name, sorted(folds, key=lambda f: f.fold)))
+    if not runs:
+        raise CompError(f"no complete runs under {root}: train one with `comp train --arch ... --fold 0`")
+    return runs

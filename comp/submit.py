@@ -1,0 +1,103 @@
+"""Check a submission the way Kaggle's parser does, then send it with the Kaggle API.
+
+`kaggle` is imported only inside `submit()`: importing it authenticates (and may call
+the network), which neither `comp blend` nor a test should do.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .io import CompError, read_json
+from .labels import LabelMap
+
+CREDENTIAL_HELP = (
+    "no Kaggle credentials found. Do one of:\n"
+    "  export KAGGLE_API_TOKEN=...            (token from https://www.kaggle.com/settings/api)\n"
+    "  save the token to ~/.kaggle/access_token\n"
+    "  kaggle auth login                      (OAuth; caches credentials in ~/.kaggle)\n"
+    "  legacy: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY\n"
+    "then run comp submit again (or use --dry-run to validate only)."
+)
+
+
+def validate_submission(submission, sample_path, label_map: LabelMap) -> pd.DataFrame:
+    """Header, row count, id set, empty cells and label set, each with the row that fails."""
+    name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
+    frame = submission if isinstance(submission, pd.DataFrame) else _read(submission)
+    sample = _read(sample_path)
+    if list(frame.columns) != list(sample.columns):
+        raise CompError(f"{name}: header {list(frame.columns)} differs from the sample's {list(sample.columns)}")
+    if len(frame) != len(sample):
+        raise CompError(f"{name}: {len(frame)} rows, the sample has {len(sample)}")
+    id_col, label_col = sample.columns[0], sample.columns[1]
+    empty = frame.eq("").any(axis=1)
+    if empty.any():
+        row = int(empty.to_numpy().argmax())
+        raise CompError(f"{name}: row {row + 2} has an empty cell: {frame.iloc[row].to_dict()}")
+    dup = frame[id_col].duplicated()
+    if dup.any():
+        row = int(dup.to_numpy().argmax())
+        raise CompError(f"{name}: row {row + 2} repeats id {frame[id_col].iloc[row]!r}")
+    missing = set(sample[id_col]) - set(frame[id_col])
+    if missing:
+        raise CompError(f"{name}: {len(missing)} id(s) of the sample are missing, e.g. {sorted(missing)[:3]}")
+    known = label_map.written_names()
+    unknown = ~frame[label_col].isin(known)
+    if unknown.any():
+        row = int(unknown.to_numpy().argmax())
+        raise CompError(f"{name}: row {row + 2} has label {frame[label_col].iloc[row]!r}, not a class of "
+                        f"folds/labels.json (e.g. {sorted(known)[:5]}); was an index written instead of a name?")
+    return frame
+
+
+def _read(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise CompError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CompError(f"{path}: not a readable CSV ({exc})") from exc
+
+
+def kaggle_command(csv_path: Path, blend_result: dict | None = None, competition: str = "<competition>") -> str:
+    message = default_message(blend_result)
+    return f'kaggle competitions submit {competition} -f {csv_path} -m "{message}"'
+
+
+def default_message(blend_result: dict | None) -> str:
+    if not blend_result:
+        return "comp submission"
+    return (f"comp blend {blend_result.get('method')}: OOF accuracy {blend_result['accuracy']:.4f}, "
+            f"macro-F1 {blend_result['macro_f1']:.4f}")
+
+
+def has_credentials(environ=os.environ, home: Path | None = None) -> bool:
+    if environ.get("KAGGLE_API_TOKEN") or (environ.get("KAGGLE_USERNAME") and environ.get("KAGGLE_KEY")):
+        return True
+    config_dir = Path(environ.get("KAGGLE_CONFIG_DIR") or (home or Path.home()) / ".kaggle")
+    return any((config_dir / f).exists() for f in ("access_token", "kaggle.json", "credentials.json"))
+
+
+def submit(csv_path, competition: str, message: str | None = None, dry_run: bool = False, workdir=".") -> None:
+    csv_path, workdir = Path(csv_path), Path(workdir)
+    prepare_info = read_json(workdir / "folds" / "prepare.json")
+    label_map = LabelMap.load(workdir / "folds" / "labels.json")
+    validate_submission(csv_path, prepare_info["layout"]["sample_submission"], label_map)
+    blend_info = csv_path.with_suffix(".json")
+    message = message or default_message(read_json(blend_info)["blend"] if blend_info.exists() else None)
+    print(f"{csv_path}: valid ({prepare_info['test_images']} rows, labels from folds/labels.json)")
+    if dry_run:
+        print(f"dry run: not sent. Would submit to {competition} with message {message!r}")
+        return
+    if not has_credentials():
+        raise CompError(CREDENTIAL_HELP)
+    from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: importing kaggle authenticates
+
+    api = KaggleApi()
+    api.authenticate()
+    api.competition_submit(str(csv_path), message, competition)
+    print(f"submitted {csv_path} to {competition}: {message}")

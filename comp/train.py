@@ -1,0 +1,334 @@
+"""`comp train`: one fold of one architecture, airbench-style.
+
+The training images stay a uint8 tensor on the training device; each batch is
+indexed, converted to float, normalised and augmented there as whole-batch tensor
+ops, so the model (not a DataLoader) is the bottleneck. Every epoch validates on the
+held-out fold, checkpoints (so --resume continues after a crash or kill -9), and keeps
+the best weights; at the end the best weights predict the fold's rows and the test set
+with TTA, and the logits are saved for blending.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .augment import default_aug, parse_aug, tta_views
+from .ensemble import accuracy, log_loss, macro_f1, softmax
+from .folds import Prepared, load_prepared
+from .io import CompError, save_torch, write_csv, write_json, write_npz
+from .models import create_model, model_info
+from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
+from .runs import RunLock, fold_dir, is_complete
+
+# Used where neither the model's recipe nor the command line says otherwise.
+BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=0.05,
+                   label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, aug=None,
+                   tta="flip", patience=0, grad_clip=0.0)
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    fold: int
+    name: str | None = None
+    workdir: str = "."
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    resume: bool = False
+    force: bool = False
+    eval_batch_size: int = 1024
+    model_kwargs: dict = field(default_factory=dict)
+    # recipe: None means "the model's recipe, else BASE_RECIPE"
+    epochs: float | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    schedule: str | None = None
+    bias_lr_scale: float | None = None
+    ema: bool | None = None
+    aug: str | None = None
+    tta: str | None = None
+    patience: int | None = None
+    grad_clip: float | None = None
+
+    def resolved(self, n_train: int, img_size: int) -> "TrainConfig":
+        recipe = {**BASE_RECIPE, **model_info(self.arch)["recipe"]}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, default in recipe.items():
+            if values.get(key) is None:
+                values[key] = default
+        values["name"] = self.name or self.arch.replace("/", "_")
+        values["aug"] = parse_aug(values["aug"] or default_aug(n_train, img_size)).describe()
+        return TrainConfig(**values)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Images:
+    """uint8 (N, H, W, C) images on the device -> normalised float (B, C, H, W) channels_last."""
+
+    def __init__(self, array: np.ndarray, device: torch.device, mean=None, std=None):
+        self.u8 = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        if mean is None:
+            sample = self.u8[:: max(1, len(self.u8) // 5000)].float() / 255
+            mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).clamp_min(1e-3).tolist()
+        self.mean, self.std = mean, std
+        self._mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __len__(self):
+        return len(self.u8)
+
+    def batch(self, index) -> torch.Tensor:
+        x = self.u8[index].permute(0, 3, 1, 2).float().div_(255)
+        return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def predict_logits(model, images: Images, tta: str, device, precision, batch_size=1024, desc=None) -> np.ndarray:
+    """Logits for every image, averaged over the TTA views with their weights."""
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
+                      disable=None if desc else True):
+        x = images.batch(slice(start, start + batch_size))
+        with autocast(device, precision):
+            logits = sum(w * model(view).float() for w, view in tta_views(x, tta))
+        out.append(logits.float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
+    probs = softmax(logits)
+    return {"accuracy": float(accuracy(probs, y)), "macro_f1": float(macro_f1(probs, y, num_classes)),
+            "log_loss": float(log_loss(probs, y))}
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """`--fold all` trains the folds one after another; finished folds are skipped."""
+    prepared = load_prepared(cfg.workdir)
+    n_folds = int(prepared.folds.fold.max()) + 1
+    if cfg.fold == -1:
+        results = []
+        for k in range(n_folds):
+            path = fold_dir(cfg.workdir, cfg.name or cfg.arch.replace("/", "_"), k)
+            if is_complete(path) and not cfg.force:
+                print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
+                continue
+            results.append(train_fold(TrainConfig(**{**asdict(cfg), "fold": k}), prepared))
+        return results
+    if not 0 <= cfg.fold < n_folds:
+        raise CompError(f"--fold {cfg.fold}: folds.csv has folds 0..{n_folds - 1} (or use --fold all)")
+    return [train_fold(cfg, prepared)]
+
+
+def train_fold(cfg: TrainConfig, prepared: Prepared) -> dict:
+    in_fold = prepared.folds.fold.to_numpy() == cfg.fold
+    img_size = prepared.train_images.shape[1]
+    cfg = cfg.resolved(int((~in_fold).sum()), img_size)
+    out = fold_dir(cfg.workdir, cfg.name, cfg.fold)
+    if is_complete(out) and not cfg.force:
+        raise CompError(f"{out} is already complete; pass --force to train it again")
+    if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
+        raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
+    with RunLock(out):
+        return _train_locked(cfg, prepared, in_fold, out)
+
+
+def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path) -> dict:
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    label_map = prepared.label_map
+    y_all = label_map.encode(list(prepared.folds.label))
+    train_images = Images(prepared.train_images[~in_fold], device)
+    val_images = Images(prepared.train_images[in_fold], device, train_images.mean, train_images.std)
+    y_train = torch.from_numpy(y_all[~in_fold]).to(device)
+    y_val = y_all[in_fold]
+    img_size = prepared.train_images.shape[1]
+
+    model = create_model(cfg.arch, num_classes=label_map.num_classes, in_chans=3, img_size=img_size,
+                         **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(train_images.batch(torch.randperm(len(train_images), device=device)[:5000]))
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale)
+    lookahead = Lookahead(model) if cfg.ema else None
+    plateau = Plateau()
+    augment = parse_aug(cfg.aug)
+    steps_per_epoch = max(1, len(train_images) // cfg.batch_size)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    step_model = torch.compile(model) if cfg.compile else model
+
+    state = dict(epoch=0, step=0, best_score=-math.inf, best_epoch=-1, bad_epochs=0, history=[])
+    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if cfg.resume and (out / "checkpoint.pt").exists():
+        state, best_weights = _load_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau)
+        print(f"resuming {out} at epoch {state['epoch']} (step {state['step']}/{total_steps})")
+    config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
+              "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
+              "n_train": len(train_images), "n_val": len(val_images), "total_steps": total_steps,
+              "mean": train_images.mean, "std": train_images.std}
+    write_json(out / "config.json", config)
+    writer = _tensorboard(out)
+    print(f"train {cfg.name} fold {cfg.fold}: {len(train_images)} train / {len(val_images)} val images, "
+          f"{cfg.epochs} epochs x {steps_per_epoch} steps, {device} {precision}, aug {cfg.aug}")
+
+    while state["step"] < total_steps:
+        epoch = state["epoch"]
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch, cfg.epochs)
+        model.train()
+        started = time.time()
+        order = torch.randperm(len(train_images), device=device)
+        n_steps = min(steps_per_epoch, total_steps - state["step"])
+        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", unit="step", leave=False, disable=None)
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        for i in bar:
+            index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x, target = augment(train_images.batch(index), y_train[index], label_map.num_classes)
+            multiplier = lr_multiplier(cfg.schedule, state["step"], total_steps) * plateau.multiplier
+            set_lr(optimizer, multiplier)
+            with autocast(device, precision):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            if lookahead:
+                lookahead.step(state["step"], total_steps)
+            loss_sum += loss.detach() * len(index)
+            hard = target if target.ndim == 1 else target.argmax(1)
+            correct += (logits.detach().argmax(1) == hard).sum()
+            seen += len(index)
+        if lookahead:
+            lookahead.finish_epoch()
+        train_seconds = time.time() - started
+        val_logits = predict_logits(step_model, val_images, "none", device, precision, cfg.eval_batch_size)
+        val = scores(val_logits, y_val, label_map.num_classes)
+        if cfg.schedule == "plateau":
+            plateau.step(val["log_loss"])
+        row = dict(epoch=epoch + 1, step=state["step"], train_loss=float(loss_sum) / seen,
+                   train_accuracy=float(correct) / seen, val_loss=val["log_loss"], val_accuracy=val["accuracy"],
+                   val_macro_f1=val["macro_f1"], lr=optimizer.param_groups[0]["lr"],
+                   seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
+        state["history"].append(row)
+        _log_epoch(row, writer)
+        score = val["accuracy"] - 1e-6 * val["log_loss"]  # accuracy first, loss breaks ties
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        stop = cfg.patience and state["bad_epochs"] >= cfg.patience
+        if stop:
+            print(f"early stopping: no improvement for {cfg.patience} epochs; best epoch {state['best_epoch']}")
+            state["step"] = total_steps
+        _save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights)
+        write_csv(out / "history.csv", pd.DataFrame(state["history"]))
+
+    model.load_state_dict(best_weights)
+    return _finish(cfg, config, model, prepared, val_images, y_val, in_fold, out, device, precision, state, writer)
+
+
+def _finish(cfg, config, model, prepared, val_images, y_val, in_fold, out, device, precision, state, writer) -> dict:
+    """Best weights -> TTA logits for the fold's rows and the test set; metrics.json last."""
+    started = time.time()
+    test_images = Images(prepared.test_images, device, val_images.mean, val_images.std)
+    oof_logits = predict_logits(model, val_images, cfg.tta, device, precision, cfg.eval_batch_size, "predict oof")
+    test_logits = predict_logits(model, test_images, cfg.tta, device, precision, cfg.eval_batch_size, "predict test")
+    num_classes = prepared.label_map.num_classes
+    metrics = scores(oof_logits, y_val, num_classes)
+    plain = state["history"][state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}
+    metrics.update(tta=cfg.tta, accuracy_no_tta=plain.get("val_accuracy"), best_epoch=state["best_epoch"],
+                   epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
+                   predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
+                   n_oof=int(len(y_val)), n_test=int(len(test_logits)))
+    write_npz(out / "oof.npz", ids=prepared.folds.id.to_numpy()[in_fold].astype(str), logits=oof_logits,
+              labels=y_val, fold=np.full(len(y_val), cfg.fold))
+    write_npz(out / "test.npz", ids=prepared.test.id.to_numpy().astype(str), logits=test_logits)
+    save_torch(out / "model.pt", {"state_dict": model.state_dict(), "config": config})
+    write_json(out / "metrics.json", metrics)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    if writer:
+        writer.add_scalar("oof/accuracy_tta", metrics["accuracy"], state["epoch"])
+        writer.close()
+    print(f"{cfg.name} fold {cfg.fold}: OOF accuracy {metrics['accuracy']:.4f} (TTA {cfg.tta}; "
+          f"no TTA {metrics['accuracy_no_tta']}), macro-F1 {metrics['macro_f1']:.4f}, "
+          f"log loss {metrics['log_loss']:.4f}, best epoch {state['best_epoch']} -> {out}")
+    return metrics
+
+
+def _save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weights) -> None:
+    save_torch(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "lookahead": lookahead.state_dict() if lookahead else None,
+                      "plateau": plateau.state_dict(), "state": state, "best_weights": best_weights,
+                      "rng": torch.get_rng_state(),
+                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+
+
+def _load_checkpoint(path, model, optimizer, lookahead, plateau):
+    ckpt = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if lookahead and ckpt["lookahead"]:
+        lookahead.load_state_dict(ckpt["lookahead"])
+    plateau.load_state_dict(ckpt["plateau"])
+    torch.set_rng_state(ckpt["rng"])
+    if ckpt.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    return ckpt["state"], ckpt["best_weights"]
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time
+        return None
+    return SummaryWriter(log_dir=str(out / "tb"))
+
+
+def _log_epoch(row: dict, writer) -> None:
+    print(f"  epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
+          f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}  F1 {row['val_macro_f1']:.4f}  "
+          f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+    if writer:
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr"):
+            writer.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
+        writer.flush()

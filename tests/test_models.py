@@ -1,0 +1,252 @@
+"""Tests for comp.models: registry, every architecture's shapes and one training epoch,
+fastnet's whitening/freezing hooks, and the timm adapter (stem adaptation, weight files)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from comp.models import count_params, create_model, list_models, model_info, register_model
+
+ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
+         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l"]
+RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+               "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience"}
+NUM_CLASSES = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # The test machine is shared; one thread keeps the suite predictable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _prepare(model, images):
+    """Call the optional trainer hooks the way the trainer does."""
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(images)
+    if hasattr(model, "on_epoch_start"):
+        model.on_epoch_start(0, 1.0)
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_list_models_has_every_arch():
+    names = list_models()
+    assert names == sorted(names)
+    assert set(ARCHS) <= set(names)
+    assert not any(n.startswith("timm/") for n in names)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_model_info(name):
+    info = model_info(name)
+    assert info["name"] == name and info["description"]
+    assert set(info["recipe"]) <= RECIPE_KEYS
+    assert info["recipe"].get("optimizer", "sgd") in {"sgd", "adam", "adamw"}
+    assert info["recipe"].get("schedule", "cosine") in {"onecycle", "cosine", "plateau", "constant", "triangle"}
+    assert info["family"] in {"simple", "vgg", "resnet", "effnet", "mobilenet", "squeezenet", "fastnet"}
+
+
+def test_unknown_model_error_lists_names_and_timm_form():
+    with pytest.raises(ValueError, match="unknown model 'nope'") as err:
+        create_model("nope")
+    assert "resnet50" in str(err.value) and "fastnet" in str(err.value)
+    assert "timm/<name>" in str(err.value)
+    with pytest.raises(ValueError, match="timm/<name>"):
+        model_info("nope")
+    with pytest.raises(ValueError, match="unknown timm model"):
+        create_model("timm/definitely_not_a_model")
+
+
+def test_register_twice_is_an_error():
+    with pytest.raises(ValueError, match="registered twice"):
+        @register_model(description="dup")
+        def resnet18(num_classes, in_chans, img_size, **kw):  # noqa: F811
+            return nn.Identity()
+
+
+def test_unknown_kwarg_is_rejected():
+    with pytest.raises(TypeError):
+        create_model("simple_cnn", no_such_option=1)
+
+
+# ----------------------------------------------------------------------------- every arch
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_forward_shapes(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=NUM_CLASSES, in_chans=3, img_size=32)
+    assert count_params(model) > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    model.train()
+    logits = model(torch.randn(4, 3, 32, 32))
+    assert logits.shape == (4, NUM_CLASSES) and torch.isfinite(logits).all()
+    for size in (16, 64):  # must also build and run at other sizes (and other in_chans)
+        model = create_model(name, num_classes=3, in_chans=1, img_size=size).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 1, size, size)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_trains_one_epoch(name):
+    torch.manual_seed(0)
+    images = torch.randn(32, 3, 32, 32)
+    labels = torch.arange(32) % NUM_CLASSES
+    model = create_model(name, num_classes=NUM_CLASSES, img_size=32)
+    _prepare(model, images)
+    trainable = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    before = {k: p.detach().clone() for k, p in trainable.items()}
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            return F.cross_entropy(model(images), labels).item()
+
+    loss_before = eval_loss()
+    optimizer = torch.optim.SGD(trainable.values(), lr=0.01, momentum=0.9, nesterov=True)
+    model.train()
+    for idx in torch.randperm(32).split(16):  # one epoch, batch 16
+        loss = F.cross_entropy(model(images[idx]), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        assert math.isfinite(loss.item())
+    loss_after = eval_loss()
+
+    assert math.isfinite(loss_after) and loss_after != loss_before
+    changed = [k for k, p in trainable.items() if not torch.equal(before[k], p.detach())]
+    # Gradients reach both ends of the net. Not every tensor must move: with zero-init
+    # residual BNs, early BN scales get updates below float32 resolution around 1.0.
+    first, last = list(trainable)[0], list(trainable)[-1]
+    assert first in changed and last in changed
+    assert len(changed) >= 0.5 * len(trainable), sorted(set(trainable) - set(changed))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_param_counts_match_torchvision():
+    tv = pytest.importorskip("torchvision.models")
+    assert count_params(create_model("mobilenetv3_small")) == count_params(tv.mobilenet_v3_small(num_classes=10))
+    assert count_params(create_model("squeezenet")) == count_params(tv.squeezenet1_1(num_classes=10))
+    # with the ImageNet stem (img_size > 64) the ResNets are torchvision's exactly
+    assert count_params(create_model("resnet18", img_size=224)) == count_params(tv.resnet18(num_classes=10))
+    assert count_params(create_model("resnet50", img_size=224)) == count_params(tv.resnet50(num_classes=10))
+    assert count_params(create_model("vgg16").features) == count_params(tv.vgg16_bn().features)
+
+
+# ----------------------------------------------------------------------------- fastnet
+
+def _correlated_images(n=256, size=32):
+    """Smooth, channel-correlated images: 2x2 patches are far from white."""
+    torch.manual_seed(0)
+    base = F.interpolate(torch.randn(n, 1, size // 4, size // 4), size=size, mode="bilinear")
+    mix = torch.randn(n, 3, size, size) * 0.3
+    images = torch.cat([base, 0.8 * base, -0.5 * base], 1) + mix
+    return (images - images.mean((0, 2, 3), keepdim=True)) / images.std((0, 2, 3), keepdim=True)
+
+
+def _whitened_second_moment(model, images):
+    half = model.whiten.out_channels // 2
+    out = F.conv2d(images, model.whiten.weight[:half])  # without bias: the linear whitening map
+    flat = out.permute(0, 2, 3, 1).reshape(-1, half)
+    return flat.T @ flat / flat.shape[0]
+
+
+def test_fastnet_whitening_init_from_data():
+    images = _correlated_images()
+    model = create_model("fastnet", img_size=32)
+    assert model.whiten.out_channels == 24 and not model.whiten.weight.requires_grad
+    eye = torch.eye(12)
+    err_before = (_whitened_second_moment(model, images) - eye).norm()
+    model.init_from_data(images)
+    err_after = (_whitened_second_moment(model, images) - eye).norm()
+    assert err_after < 0.05 < err_before
+    assert err_after < 0.02 * err_before
+    w = model.whiten.weight
+    assert torch.equal(w[12:], -w[:12])
+
+
+def test_fastnet_freezes_whitening_bias_after_epoch_3():
+    model = create_model("fastnet")
+    for epoch in range(6):
+        model.on_epoch_start(epoch, 6.0)
+        assert model.whiten.bias.requires_grad == (epoch < 3)
+    # BN scale is frozen, BN shift trainable, as in airbench
+    assert not model.groups[0].norm1.weight.requires_grad and model.groups[0].norm1.bias.requires_grad
+
+
+def test_fastnet_shapes_and_recipe():
+    assert len(create_model("fastnet", img_size=32).groups) == 3
+    assert len(create_model("fastnet", img_size=64).groups) == 4
+    recipe = model_info("fastnet")["recipe"]
+    assert recipe["lr"] == pytest.approx(11.5 / (1 + 1 / 0.15))  # 1.5
+    # per-step decay lr*wd equals airbench's 0.0153 * 1024 / kilostep_scale
+    assert recipe["lr"] * recipe["weight_decay"] == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-4)
+    assert recipe["schedule"] == "triangle" and recipe["ema"] and recipe["bias_lr_scale"] == 64
+
+
+# ----------------------------------------------------------------------------- timm adapter
+
+def test_timm_stem_adapted_for_small_images():
+    model = create_model("timm/resnet18", num_classes=5, img_size=32)
+    assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, nn.Identity)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    kept = create_model("timm/resnet18", num_classes=5, img_size=32, adapt=False)
+    assert kept.conv1.stride == (2, 2) and isinstance(kept.maxpool, nn.MaxPool2d)
+    large = create_model("timm/resnet18", num_classes=5, img_size=128)
+    assert large.conv1.stride == (2, 2)
+
+
+def test_timm_generic_stem_adaptation():
+    model = create_model("timm/mobilenetv3_small_050", num_classes=4, img_size=32)
+    assert model.conv_stem.stride == (1, 1)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_loads_local_weights_file(tmp_path, suffix):
+    timm = pytest.importorskip("timm")
+    source = timm.create_model("resnet18", num_classes=7).state_dict()
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in source.items()}, str(path))
+    else:  # a training checkpoint wrapper with a DataParallel prefix is unwrapped too
+        torch.save({"state_dict": {f"module.{k}": v for k, v in source.items()}}, path)
+
+    model = create_model("timm/resnet18", weights=str(path), num_classes=5, img_size=32)
+    loaded = model.state_dict()
+    assert loaded["fc.weight"].shape == (5, 512)  # classifier mismatch dropped, freshly initialised
+    for key, value in source.items():
+        if not key.startswith("fc."):
+            assert torch.equal(loaded[key], value), key
+
+    gray = create_model("timm/resnet18", weights=str(path), num_classes=5, in_chans=1)
+    assert torch.allclose(gray.conv1.weight, source["conv1.weight"].sum(1, keepdim=True))
+
+
+def test_timm_missing_weights_file(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        create_model("timm/resnet18", weights=str(missing))
+
+
+def test_timm_pretrained_offline_message(monkeypatch):
+    import timm
+
+    real_create = timm.create_model
+
+    def offline_create(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("no network")
+        return real_create(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline_create)
+    with pytest.raises(RuntimeError, match=r"could not download pretrained weights for resnet18 "
+                                           r"\(offline\?\).*--weights FILE"):
+        create_model("timm/resnet18", pretrained=True)

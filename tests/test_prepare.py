@@ -1,0 +1,212 @@
+"""comp prepare: every layout, the outputs, and each bad-input case."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import class_image, make_competition, write_image, zip_folder
+
+from comp.data import LayoutOverrides
+from comp.folds import PrepareOptions, load_prepared, prepare
+from comp.io import CompError
+
+
+def run_prepare(data, workdir, **kw):
+    overrides = kw.pop("overrides", None)
+    return prepare(PrepareOptions(str(data), str(workdir), **kw), overrides)
+
+
+def test_cifar_layout_from_zip(tmp_path, workdir):
+    facts = make_competition(tmp_path / "cifar", "cifar", per_class=10)
+    archive = zip_folder(tmp_path / "cifar", tmp_path / "cifar-10.zip")
+    summary = run_prepare(archive, workdir, folds=5)
+    assert summary["layout"]["kind"] == "csv + image folder"
+    prepared = load_prepared(workdir)
+    folds = prepared.folds
+    assert list(folds.columns) == ["id", "path", "label", "fold", "source"]
+    assert len(folds) == 30 and set(folds.source) == {"train"}
+    # stratified: each fold holds 2 images of each of the 3 classes
+    assert (folds.groupby(["fold", "label"]).size() == 2).all()
+    assert list(prepared.test.id) == facts["test_ids"]  # sample submission order
+    assert prepared.train_images.shape == (30, 16, 16, 3) and prepared.train_images.dtype == np.uint8
+    assert isinstance(prepared.train_images, np.memmap)
+    assert prepared.label_map.classes == ("cat", "dog", "frog")
+    # the cached pixels are the decoded image of that row
+    first = folds.iloc[0]
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(workdir / first.path).convert("RGB")), prepared.train_images[0])
+    info = json.loads((workdir / "folds" / "prepare.json").read_text())
+    assert info["images_per_class"] == {"cat": 10, "dog": 10, "frog": 10}
+    assert info["sizes_seen"] == {"16x16": 30}
+
+
+def test_rerun_gives_identical_folds(tmp_path, workdir):
+    make_competition(tmp_path / "c", "cifar")
+    run_prepare(tmp_path / "c", workdir, folds=3, seed=7)
+    first = (workdir / "folds" / "folds.csv").read_text()
+    run_prepare(tmp_path / "c", workdir, folds=3, seed=7)
+    assert (workdir / "folds" / "folds.csv").read_text() == first
+    run_prepare(tmp_path / "c", workdir, folds=3, seed=8)
+    assert (workdir / "folds" / "folds.csv").read_text() != first
+
+
+def test_train_and_val_parts_are_merged(tmp_path, workdir):
+    facts = make_competition(tmp_path / "tiny", "parts", classes=range(4), per_class=12)
+    summary = run_prepare(tmp_path / "tiny", workdir, folds=3)
+    assert summary["layout"]["kind"] == "train+val parts"
+    folds = load_prepared(workdir).folds
+    assert summary["by_source"] == {"train": 36, "val": 12}
+    assert set(folds.source) == {"train", "val"} and len(folds) == 48
+    assert list(load_prepared(workdir).test.id) == facts["test_ids"]
+    assert summary["layout"]["id_col"] == "Image" and summary["layout"]["label_col"] == "Class"
+
+
+def test_class_folder_layout_with_odd_sample_columns(tmp_path, workdir):
+    facts = make_competition(tmp_path / "flowers", "folders", classes=["rose", "tulip", "daisy"], per_class=6)
+    summary = run_prepare(tmp_path / "flowers", workdir, folds=3)
+    assert summary["layout"]["kind"] == "class-folders"
+    assert summary["layout"]["sub_id_col"] == "filename" and summary["layout"]["sub_label_col"] == "category"
+    prepared = load_prepared(workdir)
+    assert prepared.label_map.classes == ("daisy", "rose", "tulip")
+    assert list(prepared.test.id) == facts["test_ids"]
+
+
+def test_overrides_for_unusual_names(tmp_path, workdir):
+    root = tmp_path / "odd"
+    make_competition(root, "cifar")
+    labels = pd.read_csv(root / "trainLabels.csv").rename(columns={"id": "picture", "label": "kind"})
+    labels.to_csv(root / "annotations.csv", index=False)
+    (root / "trainLabels.csv").unlink()
+    (root / "train").rename(root / "pictures")
+    with pytest.raises(CompError, match="no train image folder"):
+        run_prepare(root, workdir)
+    run_prepare(root, workdir, folds=2, overrides=LayoutOverrides(
+        train_csv="annotations.csv", image_dir="pictures", id_col="picture", label_col="kind"))
+    assert len(load_prepared(workdir).folds) == 30
+
+
+def test_modes_and_sizes_are_normalised(tmp_path, workdir):
+    root = tmp_path / "modes"
+    make_competition(root, "cifar", per_class=4)
+    rng = np.random.default_rng(1)
+    write_image(root / "train" / "1.png", class_image(0, 3, 16, rng), mode="L")
+    write_image(root / "train" / "2.png", class_image(1, 3, 16, rng), mode="RGBA")
+    write_image(root / "train" / "3.png", class_image(2, 3, 16, rng), mode="P")
+    write_image(root / "train" / "4.png", class_image(2, 3, 24, rng))  # a bigger one
+    summary = run_prepare(root, workdir, folds=2)
+    assert set(summary["modes_seen"]) == {"RGB", "L", "RGBA", "P"}
+    assert summary["sizes_seen"]["24x24"] == 1
+    assert load_prepared(workdir).train_images.shape[1:] == (16, 16, 3)
+    run_prepare(root, workdir, folds=2, size=8)
+    assert load_prepared(workdir).train_images.shape[1:] == (8, 8, 3)
+
+
+def test_duplicates_are_reported(tmp_path, workdir):
+    root = tmp_path / "dups"
+    make_competition(root, "cifar", per_class=4)
+    (root / "train" / "2.png").write_bytes((root / "train" / "1.png").read_bytes())
+    summary = run_prepare(root, workdir, folds=2)
+    assert summary["duplicates"]["train_duplicate_groups"] == 1
+
+
+# ---------------------------------------------------------------- bad input
+
+def _assert_nothing_written(workdir):
+    assert not (workdir / "folds" / "folds.csv").exists()
+    assert not (workdir / "folds" / "prepare.json").exists()
+    leftovers = list((workdir / "folds").rglob(".*tmp*")) if (workdir / "folds").exists() else []
+    assert leftovers == []
+
+
+def test_truncated_image_names_the_file(tmp_path, workdir):
+    root = tmp_path / "trunc"
+    make_competition(root, "cifar", per_class=6, ext=".jpg")
+    data = (root / "train" / "5.jpg").read_bytes()
+    (root / "train" / "5.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompError, match=r"trainLabels.csv row 6 .*5\.jpg.*(truncated|unreadable)"):
+        run_prepare(root, workdir, folds=3)
+    _assert_nothing_written(workdir)
+    summary = run_prepare(root, workdir, folds=3, skip_bad=True)
+    assert summary["train_images"] == 17 and any("5.jpg" in d for d in summary["dropped"])
+    assert "5" not in set(load_prepared(workdir).folds.id)
+
+
+def test_unreadable_file_names_the_file(tmp_path, workdir):
+    root = tmp_path / "garbage"
+    make_competition(root, "cifar", per_class=6)
+    (root / "train" / "3.png").write_bytes(b"not an image at all")
+    with pytest.raises(CompError, match=r"row 4 .*3\.png.*unreadable"):
+        run_prepare(root, workdir, folds=3)
+    _assert_nothing_written(workdir)
+
+
+def test_id_without_image(tmp_path, workdir):
+    root = tmp_path / "missing"
+    make_competition(root, "cifar", per_class=6)
+    (root / "train" / "7.png").unlink()
+    with pytest.raises(CompError, match=r"trainLabels.csv row 8: id '7' has no image file"):
+        run_prepare(root, workdir, folds=3)
+    _assert_nothing_written(workdir)
+    assert run_prepare(root, workdir, folds=3, skip_bad=True)["train_images"] == 17
+
+
+def test_image_without_label(tmp_path, workdir):
+    root = tmp_path / "extra"
+    make_competition(root, "cifar", per_class=6)
+    write_image(root / "train" / "999.png", class_image(0, 3, 16, np.random.default_rng(0)))
+    with pytest.raises(CompError, match=r"train/999.png: image has no label"):
+        run_prepare(root, workdir, folds=3)
+    assert run_prepare(root, workdir, folds=3, skip_bad=True)["train_images"] == 18
+
+
+def test_label_in_val_missing_from_train(tmp_path, workdir):
+    root = tmp_path / "val"
+    make_competition(root, "parts", classes=range(3), per_class=12)
+    val = pd.read_csv(root / "val.csv", dtype=str)
+    val.loc[2, "Class"] = "42"
+    val.to_csv(root / "val.csv", index=False)
+    with pytest.raises(CompError, match=r"val.csv row 4: label '42' appears in val but not in train"):
+        run_prepare(root, workdir, folds=3)
+    assert run_prepare(root, workdir, folds=3, skip_bad=True)["num_classes"] == 3
+
+
+def test_class_with_fewer_images_than_folds(tmp_path, workdir):
+    root = tmp_path / "rare"
+    make_competition(root, "cifar", per_class=6)
+    labels = pd.read_csv(root / "trainLabels.csv", dtype=str)
+    labels.loc[0, "label"] = "unicorn"
+    labels.to_csv(root / "trainLabels.csv", index=False)
+    with pytest.raises(CompError, match=r"class unicorn: has 1 image\(s\), fewer than --folds 3"):
+        run_prepare(root, workdir, folds=3)
+    summary = run_prepare(root, workdir, folds=3, skip_bad=True)
+    assert "unicorn" not in summary["images_per_class"]
+
+
+def test_duplicate_ids(tmp_path, workdir):
+    root = tmp_path / "dupid"
+    make_competition(root, "cifar", per_class=6)
+    labels = pd.read_csv(root / "trainLabels.csv", dtype=str)
+    labels.loc[5, "id"] = "2"
+    labels.to_csv(root / "trainLabels.csv", index=False)
+    with pytest.raises(CompError, match=r"row 7: duplicate id '2' \(also at trainLabels.csv row 3\)"):
+        run_prepare(root, workdir, folds=3)
+
+
+def test_test_image_missing_is_always_fatal(tmp_path, workdir):
+    root = tmp_path / "notest"
+    make_competition(root, "cifar")
+    (root / "test" / "3.png").unlink()
+    with pytest.raises(CompError, match=r"sampleSubmission.csv row 4: test id '3' has no image file"):
+        run_prepare(root, workdir, folds=3, skip_bad=True)
+
+
+def test_missing_data_and_sample(tmp_path, workdir):
+    with pytest.raises(CompError, match="no such file"):
+        run_prepare(tmp_path / "nope.zip", workdir)
+    root = tmp_path / "nosample"
+    make_competition(root, "cifar")
+    (root / "sampleSubmission.csv").unlink()
+    with pytest.raises(CompError, match="no sample submission"):
+        run_prepare(root, workdir)
