@@ -59,7 +59,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     started = time.time()
     if opts.folds < 2:
         raise CompError(f"--folds {opts.folds}: need at least 2 folds")
-    workdir = Path(opts.workdir)
+    workdir = Path(opts.workdir).resolve()
     out = folds_dir(workdir)
     root = open_competition(opts.data, workdir)
     layout = detect_layout(root, overrides)

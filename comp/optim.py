@@ -10,16 +10,20 @@ SCHEDULES = ("onecycle", "cosine", "triangle", "plateau", "constant")
 
 
 def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float, bias_lr_scale: float):
-    """Two groups: weights, and 1-D params (biases, norm scales/shifts).
+    """Two groups: normalisation-layer parameters, and everything else.
 
-    The 1-D group gets lr * bias_lr_scale but the same decay per step (airbench's trick:
+    The norm group gets lr * bias_lr_scale but the same decay per step (airbench's trick:
     BatchNorm biases want a much larger step; their decay must not grow with it).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
+    # Params frozen now (fastnet's whitening weight, its BN scales) stay out; one frozen later
+    # (the whitening bias after 3 epochs) is skipped by the optimizer once its grad is None.
     params = [p for p in model.parameters() if p.requires_grad]
-    vectors = [p for p in params if p.ndim <= 1]
-    matrices = [p for p in params if p.ndim > 1]
+    vectors = [p for p in params if id(p) in norm_ids]
+    matrices = [p for p in params if id(p) not in norm_ids]
     bias_lr = lr * bias_lr_scale
     decoupled = name == "adamw"  # AdamW's decay is lr * wd per step; SGD/Adam add wd * p to the gradient
     groups = [dict(params=matrices, lr=lr, weight_decay=weight_decay)]

@@ -101,7 +101,7 @@ class Images:
     """uint8 (N, H, W, C) images on the device -> normalised float (B, C, H, W) channels_last."""
 
     def __init__(self, array: np.ndarray, device: torch.device, mean=None, std=None):
-        self.u8 = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        self.u8 = torch.from_numpy(np.array(array, copy=True)).to(device)  # a memmap slice is read-only
         if mean is None:
             sample = self.u8[:: max(1, len(self.u8) // 5000)].float() / 255
             mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).clamp_min(1e-3).tolist()

@@ -206,6 +206,11 @@ def test_timm_stem_adapted_for_small_images():
 def test_timm_generic_stem_adaptation():
     model = create_model("timm/mobilenetv3_small_050", num_classes=4, img_size=32)
     assert model.conv_stem.stride == (1, 1)
+    # models that take img_size are built at that size instead, patch embedding untouched
+    vit = create_model("timm/vit_tiny_patch16_224", num_classes=4, img_size=32)
+    assert vit.patch_embed.proj.stride == (16, 16)
+    with torch.no_grad():
+        assert vit.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -228,6 +233,21 @@ def test_timm_loads_local_weights_file(tmp_path, suffix):
 
     gray = create_model("timm/resnet18", weights=str(path), num_classes=5, in_chans=1)
     assert torch.allclose(gray.conv1.weight, source["conv1.weight"].sum(1, keepdim=True))
+
+
+def test_native_model_weights_file(tmp_path):
+    source = create_model("custom_cnn", num_classes=10, img_size=32).state_dict()
+    path = tmp_path / "custom_cnn.pt"
+    torch.save(source, path)
+    model = create_model("custom_cnn", num_classes=4, img_size=32, weights=path)
+    loaded = model.state_dict()
+    for key, value in source.items():
+        if not key.startswith("classifier.6."):  # output layer: 10 vs 4 classes
+            assert torch.equal(loaded[key], value), key
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_model("custom_cnn", pretrained=True)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        create_model("custom_cnn", weights=tmp_path / "missing.pt")
 
 
 def test_timm_missing_weights_file(tmp_path):

@@ -104,15 +104,26 @@ def model_info(name: str) -> dict:
 
 def create_model(name: str, num_classes: int = 10, in_chans: int = 3, img_size: int = 32,
                  **kwargs) -> nn.Module:
-    """Build a registered model (or ``timm/<name>``) in fp32 with random init."""
+    """Build a registered model (or ``timm/<name>``) in fp32 with random init.
+
+    ``weights=FILE`` (a state dict, .pth/.pt/.safetensors) works for every model and is
+    loaded like timm weights (shape-mismatched tensors dropped, strict=False, keys logged).
+    ``pretrained=True`` only exists for ``timm/<name>``: our own models have no released weights.
+    """
     if name.startswith(TIMM_PREFIX):
         return timm_adapter.create_timm_model(
             name[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans,
             img_size=img_size, **kwargs)
     if name not in _REGISTRY:
         raise _unknown(name)
-    model = _REGISTRY[name]["fn"](num_classes, in_chans, img_size, **kwargs)
-    return model.float()
+    weights = kwargs.pop("weights", None)
+    if kwargs.pop("pretrained", False):
+        raise ValueError(f"{name!r} has no pretrained weights; pass weights=FILE or use a "
+                         f"'{TIMM_PREFIX}<name>' model with pretrained=True")
+    model = _REGISTRY[name]["fn"](num_classes, in_chans, img_size, **kwargs).float()
+    if weights is not None:
+        timm_adapter.load_weights(model, weights)
+    return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -59,22 +59,21 @@ def create_timm_model(name: str, num_classes: int = 10, in_chans: int = 3, img_s
         raise FileNotFoundError(f"weights file not found: {weights}")
     download = pretrained and weights is None
 
-    def build(**extra):
-        return timm.create_model(name, pretrained=download, num_classes=num_classes,
-                                 in_chans=in_chans, **kwargs, **extra)
-
-    try:
+    def build() -> tuple[nn.Module, bool]:
+        """Pass img_size to models that take it (ViT, Swin, ...); returns (model, sized)."""
+        common = dict(pretrained=download, num_classes=num_classes, in_chans=in_chans, **kwargs)
         try:
-            model, sized = build(img_size=img_size), True
+            return timm.create_model(name, img_size=img_size, **common), True
         except TypeError as e:
             if "img_size" not in str(e):
                 raise
-            model, sized = build(), False
-    except (TypeError, ValueError):
-        raise
+        return timm.create_model(name, **common), False
+
+    try:
+        model, sized = build()
     except Exception as e:
-        if not download:
-            raise
+        if not download or isinstance(e, (TypeError, ValueError)):
+            raise  # a bad argument, not a failed download
         raise RuntimeError(
             f"could not download pretrained weights for {name} (offline?). Download them on a "
             f"machine with network, then pass --weights FILE ({type(e).__name__}: {e})") from e

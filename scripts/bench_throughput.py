@@ -1,0 +1,104 @@
+"""Training throughput of `comp train` against a bare PyTorch loop: same model, precision, batch.
+
+    python scripts/bench_throughput.py --workdir WORKDIR [--arch fastnet] [--steps 20] [--rounds 2]
+
+WORKDIR must hold a `comp prepare` output (e.g. CIFAR-10). The bare loop trains on
+preloaded, normalised float tensors with no augmentation, no validation and no
+checkpoints; `comp train` is the real trainer (its images/s counts only its training
+steps, augmentation included). The two alternate `--rounds` times in one process so
+that machine noise hits both. Prints one result line.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from comp.folds import load_prepared  # noqa: E402
+from comp.models import create_model, model_info  # noqa: E402
+from comp.optim import build_optimizer  # noqa: E402
+from comp.train import BASE_RECIPE, Images, TrainConfig, autocast, pick_device, pick_precision, train_fold  # noqa: E402
+
+
+def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision, recipe) -> float:
+    model = create_model(arch, num_classes=num_classes, img_size=images.shape[-1]).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, recipe["optimizer"], recipe["lr"], recipe["weight_decay"], recipe["momentum"],
+                          recipe["bias_lr_scale"])
+    def step(i):
+        idx = torch.randint(0, len(images), (batch,), device=device)
+        with autocast(device, precision):
+            out = model(images[idx])
+        loss = F.cross_entropy(out.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step(0)  # warm-up, as comp's first step also pays it (counted there: conservative)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.time()
+    for i in range(steps):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.time() - started)
+
+
+def comp_loop(arch, workdir, steps, batch, n_train, precision) -> float:
+    run_root = Path(tempfile.mkdtemp(prefix="bench_"))
+    try:
+        # a scratch workdir pointing at the same prepared data: runs/ land in the temp folder
+        (run_root / "folds").symlink_to(Path(workdir).resolve() / "folds")
+        for sub in ("data",):
+            if (Path(workdir) / sub).exists():
+                (run_root / sub).symlink_to(Path(workdir).resolve() / sub)
+        epochs = steps / max(1, n_train // batch)
+        cfg = TrainConfig(arch=arch, fold=0, workdir=str(run_root), name="bench", epochs=epochs,
+                          batch_size=batch, precision=precision, tta="none", eval_batch_size=2048)
+        train_fold(cfg, load_prepared(run_root))
+        import pandas as pd
+        history = pd.read_csv(run_root / "runs" / "bench" / "fold0" / "history.csv")
+        return float(history.images_per_second.iloc[-1])
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--arch", default="fastnet")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args()
+    prepared = load_prepared(args.workdir)
+    device = pick_device("auto")
+    precision = pick_precision(args.precision, device)
+    recipe = {**BASE_RECIPE, **model_info(args.arch)["recipe"]}
+    batch = recipe["batch_size"]
+    train_rows = prepared.folds.fold.to_numpy() != 0
+    images = Images(prepared.train_images[train_rows], device)
+    x = images.batch(slice(None))  # preloaded, normalised float tensors
+    y = torch.from_numpy(prepared.label_map.encode(list(prepared.folds.label[train_rows]))).to(device)
+    bare, comp = [], []
+    for _ in range(args.rounds):
+        bare.append(bare_loop(args.arch, x, y, prepared.label_map.num_classes, batch, args.steps, device,
+                              precision, recipe))
+        comp.append(comp_loop(args.arch, args.workdir, args.steps, batch, int(train_rows.sum()), precision))
+    ratios = [c / b for c, b in zip(comp, bare)]
+    print(f"throughput {args.arch} {device.type} {precision} batch {batch}: comp train "
+          f"{statistics.median(comp):.0f} img/s, bare loop {statistics.median(bare):.0f} img/s, "
+          f"ratio {statistics.median(ratios):.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
+          f"{torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
