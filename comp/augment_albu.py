@@ -92,7 +92,10 @@ class AlbuImageDataset(Dataset):
 
     def __getitem__(self, i):
         if not self._threads_set and get_worker_info() is not None:
-            cv2.setNumThreads(1)  # N workers x all-core cv2 pools would oversubscribe the CPU
+            # N workers x all-core cv2 pools would oversubscribe the CPU. Must be 0 (run
+            # inline): setNumThreads(1) deadlocks in a forked worker whose parent already
+            # started cv2's thread pool (seen with opencv 4.x / cv2 5.0 and warpAffine).
+            cv2.setNumThreads(0)
             self._threads_set = True
         path = self.paths[i]
         img = cv2.imread(path, cv2.IMREAD_COLOR)

@@ -65,6 +65,13 @@ def _blend(args):
     blend(BlendOptions(args.method, args.runs, args.name, args.top, args.temperature, args.metric, args.workdir))
 
 
+def _predict(args):
+    from .predict import predict_run
+
+    folds = None if args.fold == "all" else [_int(args.fold, "--fold")]
+    predict_run(args.workdir, args.run, args.tta, folds, args.name, args.device)
+
+
 def _submit(args):
     from .submit import submit
 
@@ -130,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture")
     _add_train_args(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", parents=[workdir], help="re-predict a finished run with another TTA")
+    p.add_argument("--run", required=True, help="run name under runs/")
+    p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"])
+    p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
+    p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("blend", parents=[workdir], help="combine runs and write submissions/<name>.csv")
     p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"])

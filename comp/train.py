@@ -155,7 +155,9 @@ def train(cfg: TrainConfig) -> list[dict]:
     return [train_fold(cfg, prepared)]
 
 
-def train_fold(cfg: TrainConfig, prepared: Prepared) -> dict:
+def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
+    """Train one fold. `on_epoch(row)` is called after each epoch with its history row
+    (comp tune reports to Optuna there; raising from it stops training)."""
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
     img_size = prepared.train_images.shape[1]
     cfg = cfg.resolved(int((~in_fold).sum()), img_size)
@@ -165,10 +167,10 @@ def train_fold(cfg: TrainConfig, prepared: Prepared) -> dict:
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     with RunLock(out):
-        return _train_locked(cfg, prepared, in_fold, out)
+        return _train_locked(cfg, prepared, in_fold, out, on_epoch)
 
 
-def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path) -> dict:
+def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path, on_epoch) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -214,7 +216,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         started = time.time()
         order = torch.randperm(len(train_images), device=device)
         n_steps = min(steps_per_epoch, total_steps - state["step"])
-        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", unit="step", leave=False, disable=None)
+        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", unit="step",
+                   leave=False, disable=None)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for i in bar:
             index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
@@ -249,6 +252,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                    seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
         state["history"].append(row)
         _log_epoch(row, writer)
+        if on_epoch:
+            on_epoch(row)
         score = val["accuracy"] - 1e-6 * val["log_loss"]  # accuracy first, loss breaks ties
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)

@@ -198,8 +198,10 @@ def test_unknown_op_error_lists_valid_ops():
 @pytest.mark.parametrize("spec", ["translate:-1", "translate:1.5", "rotate:abc", "mixup:0",
                                   "zoom:1", "contrast:nan", "flip,flip", "crop,translate"])
 def test_bad_params_raise(spec):
-    with pytest.raises(ValueError, match="translate:-1" if spec == "translate:-1" else ""):
+    with pytest.raises(ValueError) as e:
         parse_aug(spec)
+    if spec == "translate:-1":
+        assert "translate:-1" in str(e.value)
 
 
 def test_default_aug():
@@ -236,6 +238,7 @@ MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 def test_albu_compose_is_strict():
     t = build_albu_transform("flip,translate:2,rotate,zoom,contrast,brightness,jitter,cutout:4",
                              24, MEAN, STD)
+    assert t.strict
     img = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
     assert t(image=img)["image"].shape == (24, 24, 3)
     with pytest.raises(ValueError):
@@ -266,7 +269,9 @@ def test_albu_dataset_reads_gray_rgba_rgb(tmp_path):
     for i in range(3):
         x, label = ds[i]
         assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and label == i
-    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)
+    # Warm cv2's thread pool in this process first: forked workers must still not deadlock.
+    cv2.warpAffine(images["rgb.png"], np.float32([[1, 0.1, 0], [0.1, 1, 0]]), (32, 40))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, timeout=20)
     xb, yb = next(iter(loader))
     assert xb.shape == (3, 3, 16, 16) and yb.tolist() == [0, 1, 2]
 

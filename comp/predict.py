@@ -1,0 +1,65 @@
+"""`comp predict`: re-run prediction of a finished run with another TTA.
+
+The result is a new run (default name <run>_tta-<mode>) with the same weights, so a
+blend can measure exactly what TTA gains on out-of-fold rows.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+
+from .folds import load_prepared
+from .io import CompError, read_json, write_json, write_npz
+from .models import create_model
+from .runs import fold_dir, is_complete, runs_root
+from .train import Images, pick_device, pick_precision, predict_logits, scores
+
+
+def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, new_name: str | None = None,
+                device: str = "auto", batch_size: int = 1024) -> list[dict]:
+    prepared = load_prepared(workdir)
+    run_folds = sorted(int(p.name[4:]) for p in (runs_root(workdir) / name).glob("fold*")
+                       if is_complete(p)) if (runs_root(workdir) / name).exists() else []
+    if not run_folds:
+        raise CompError(f"no complete folds of run {name!r} under {runs_root(workdir)}")
+    new_name = new_name or f"{name}_tta-{tta.replace('+', '')}"
+    results = []
+    for k in folds if folds is not None else run_folds:
+        if k not in run_folds:
+            raise CompError(f"run {name!r} has no complete fold {k} (complete: {run_folds})")
+        results.append(_predict_fold(prepared, fold_dir(workdir, name, k), fold_dir(workdir, new_name, k),
+                                     tta, device, batch_size))
+    return results
+
+
+def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
+    config = read_json(src / "config.json")
+    if config["label_hash"] != prepared.label_map.hash:
+        raise CompError(f"{src} was trained with label map {config['label_hash']}, folds/ has "
+                        f"{prepared.label_map.hash}; retrain it")
+    device = pick_device(device_name)
+    precision = pick_precision(config.get("precision", "auto"), device)
+    checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
+    model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
+                         img_size=config["img_size"], **config.get("model_kwargs", {}))
+    model.load_state_dict(checkpoint["state_dict"])
+    model = model.to(device).to(memory_format=torch.channels_last)
+    in_fold = prepared.folds.fold.to_numpy() == config["fold"]
+    val = Images(prepared.train_images[in_fold], device, config["mean"], config["std"])
+    test = Images(prepared.test_images, device, config["mean"], config["std"])
+    oof_logits = predict_logits(model, val, tta, device, precision, batch_size, "predict oof")
+    test_logits = predict_logits(model, test, tta, device, precision, batch_size, "predict test")
+    y = prepared.label_map.encode(list(prepared.folds.label[in_fold]))
+    metrics = {**read_json(src / "metrics.json"), **scores(oof_logits, y, prepared.label_map.num_classes),
+               "tta": tta, "predicted_from": str(src)}
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "history.csv", dst / "history.csv")
+    write_json(dst / "config.json", {**config, "name": dst.parent.name, "tta": tta})
+    write_npz(dst / "oof.npz", ids=prepared.folds.id.to_numpy()[in_fold].astype(str), logits=oof_logits,
+              labels=y, fold=np.full(len(y), config["fold"]))
+    write_npz(dst / "test.npz", ids=prepared.test.id.to_numpy().astype(str), logits=test_logits)
+    write_json(dst / "metrics.json", metrics)
+    print(f"{dst}: OOF accuracy {metrics['accuracy']:.4f} with TTA {tta}")
+    return metrics
