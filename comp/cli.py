@@ -65,6 +65,12 @@ def _blend(args):
     blend(BlendOptions(args.method, args.runs, args.name, args.top, args.temperature, args.metric, args.workdir))
 
 
+def _report(args):
+    from .report import ReportOptions, report
+
+    report(ReportOptions(args.runs, args.run, args.methods, args.out, args.workdir))
+
+
 def _predict(args):
     from .predict import predict_run
 
@@ -154,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", action="store_true", help="temperature-scale each run before combining")
     p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"], help="for --method select")
     p.set_defaults(func=_blend)
+
+    p = sub.add_parser("report", parents=[workdir], help="leaderboard, blend comparison, per-class table, plots, HTML")
+    p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
+    p.add_argument("--run", help="run for the per-class table (default: the best on the leaderboard)")
+    p.add_argument("--methods", help="comma-separated blend methods to compare (default: all)")
+    p.add_argument("--out", help="folder for the CSVs, PNGs and report.html (default: <workdir>/runs)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("submit", parents=[workdir], help="validate a submission and send it to Kaggle")
     p.add_argument("csv")

@@ -1,0 +1,114 @@
+"""comp train: outputs, resume after kill -9, no silent overwrite, the run lock, real learning."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_competition
+
+from comp.blend import BlendOptions, blend
+from comp.folds import PrepareOptions, prepare
+from comp.io import CompError
+from comp.train import TrainConfig, train
+
+
+def prepared_workdir(tmp_path, workdir, folds=2, **kw):
+    facts = make_competition(tmp_path / "comp", "cifar", **kw)
+    prepare(PrepareOptions(str(tmp_path / "comp"), str(workdir), folds=folds))
+    return facts
+
+
+def test_outputs_of_a_fold(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=8)
+    [metrics] = train(TrainConfig(arch="simple_cnn", fold=1, workdir=str(workdir), epochs=2, batch_size=8))
+    out = workdir / "runs" / "simple_cnn" / "fold1"
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "history.csv", "metrics.json", "oof.npz", "test.npz", "model.pt", "tb"} <= names
+    assert "checkpoint.pt" not in names and "lock" not in names
+    assert not [n for n in names if ".tmp" in n]
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.epoch) == [1, 2]
+    assert {"train_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"} <= set(history.columns)
+    oof, test = np.load(out / "oof.npz"), np.load(out / "test.npz")
+    folds = pd.read_csv(workdir / "folds" / "folds.csv", dtype=str)
+    assert sorted(oof["ids"]) == sorted(folds.id[folds.fold == "1"])
+    assert oof["logits"].shape == (12, 3) and test["logits"].shape == (12, 3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_hash"] == json.loads((workdir / "folds" / "labels.json").read_text())["hash"]
+    assert config["optimizer"] == "adam" and config["epochs"] == 2  # recipe, overridden by the CLI value
+    assert set(metrics) >= {"accuracy", "macro_f1", "log_loss"}
+    assert any((out / "tb").iterdir())  # TensorBoard events
+
+
+def test_finished_run_is_never_silently_overwritten(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=6)
+    cfg = dict(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=1, batch_size=8)
+    train(TrainConfig(**cfg))
+    before = (workdir / "runs" / "custom_cnn" / "fold0" / "oof.npz").read_bytes()
+    with pytest.raises(CompError, match="already complete; pass --force"):
+        train(TrainConfig(**cfg))
+    assert (workdir / "runs" / "custom_cnn" / "fold0" / "oof.npz").read_bytes() == before
+    train(TrainConfig(**cfg, force=True, seed=3))
+    assert [m["epochs_run"] for m in train(TrainConfig(**{**cfg, "fold": -1}))] == [1]  # fold 0 skipped
+
+
+def test_lock_refuses_a_second_trainer_and_takes_over_a_dead_one(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=6)
+    lock = workdir / "runs" / "custom_cnn" / "fold0" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{os.uname().nodename} {os.getpid()}")  # a live process holds it
+    cfg = TrainConfig(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=1)
+    with pytest.raises(CompError, match="being trained by another process"):
+        train(cfg)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{os.uname().nodename} {dead.pid}")
+    train(cfg)
+    assert not lock.exists()
+
+
+def test_resume_after_kill_9(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=40, size=32)
+    out = workdir / "runs" / "simple_cnn" / "fold0"
+    command = [sys.executable, "-m", "comp", "train", "--arch", "simple_cnn", "--fold", "0", "--epochs", "12",
+               "--batch-size", "4", "--seed", "1", "--patience", "0"]
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "history.csv").exists() and len(pd.read_csv(out / "history.csv")) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = pd.read_csv(out / "history.csv")
+    assert 2 <= len(done) < 12 and (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    with pytest.raises(CompError, match="unfinished run: --resume"):
+        train(TrainConfig(arch="simple_cnn", fold=0, workdir=str(workdir), epochs=12, batch_size=4, patience=0))
+    train(TrainConfig(arch="simple_cnn", fold=0, workdir=str(workdir), epochs=12, batch_size=4, patience=0,
+                      resume=True))
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.epoch) == list(range(1, 13))
+    kept = history.iloc[: len(done) - 1]  # the epochs before the kill survive unchanged
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), done.iloc[: len(done) - 1].reset_index(drop=True))
+    assert (out / "metrics.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_trained_models_write_true_class_names(tmp_path, workdir):
+    """The guard with real training: 12 numeric classes, text order != numeric order."""
+    classes = [str(i) for i in range(12)]
+    facts = prepared_workdir(tmp_path, workdir, folds=2, classes=classes, per_class=16, n_test=36)
+    train(TrainConfig(arch="simple_cnn", fold=-1, workdir=str(workdir), epochs=8, batch_size=16, aug="none",
+                      tta="none"))
+    out = blend(BlendOptions(workdir=str(workdir), name="numeric"))
+    written = pd.read_csv(out, dtype=str)
+    accuracy = (written.label == pd.Series(facts["test_labels"])).mean()
+    assert accuracy >= 0.9, accuracy
+    assert {"10", "11"} <= set(written.label)
