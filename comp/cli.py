@@ -30,8 +30,16 @@ def _train_config(args, fold):
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
                                             "patience", "grad_clip")}
     ema = {"on": True, "off": False}.get(args.ema)
+    if getattr(args, "params", None) or getattr(args, "params_from", None):
+        from .tune import tuned_fields  # tuned values fill only what the command line left unset
+
+        tuned = tuned_fields(args.workdir, args.arch, args.params or "best", args.params_from)
+        recipe = {k: tuned.get(k) if v is None else v for k, v in recipe.items()}
+        ema = tuned.get("ema") if ema is None else ema
+        model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
-                       device=args.device, precision=args.precision, compile=args.compile, resume=args.resume,
+                       device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
+                       resume=args.resume,
                        force=args.force, model_kwargs=model_kwargs, ema=ema, **recipe)
 
 
@@ -90,6 +98,22 @@ def _demo(args):
     run_demo(args.workdir, args.epochs, args.folds)
 
 
+def _tune(args):
+    from .tune import TuneOptions, tune
+
+    tune(TuneOptions(args.arch, args.trials, args.fold, args.workdir, args.storage, args.study, args.space,
+                     args.pruner, args.startup_trials, args.warmup_epochs, args.timeout, args.epochs,
+                     args.sampler_seed, args.seed, args.device, args.precision))
+
+
+def _grid(args):
+    from .grid import grid
+
+    recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "aug", "tta", "patience")}
+    grid(args.archs, args.folds, args.workdir, seed=args.seed, device=args.device, precision=args.precision,
+         **recipe)
+
+
 def _add_train_args(p):
     p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>")
     p.add_argument("--fold", default="0", help="fold to hold out (0..K-1) or 'all' (default 0)")
@@ -97,7 +121,8 @@ def _add_train_args(p):
     p.add_argument("--list-archs", action="store_true", help="list architectures with parameter counts")
     g = p.add_argument_group("recipe (default: the architecture's recipe)")
     g.add_argument("--epochs", type=float, help="epochs, fractional allowed")
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--batch-size", type=int, help="GLOBAL batch: under torchrun with N processes each "
+                   "trains on batch-size // N images per step")
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     g.add_argument("--momentum", type=float)
@@ -114,11 +139,15 @@ def _add_train_args(p):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun (DDP, CUDA): SyncBatchNorm")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="retrain a finished run")
     p.add_argument("--pretrained", action="store_true", help="timm models: load pretrained weights")
     p.add_argument("--weights", help="timm models: a local weights file (offline pretrained)")
     p.add_argument("--no-adapt", action="store_true", help="timm models: keep the stem's stride")
+    p.add_argument("--params", help="'best': the best `comp tune` trial (tune/<arch>-fold0/best.json), or a "
+                                    "best.json path; recipe flags given here still win")
+    p.add_argument("--params-from", metavar="STUDY", help="the tune study --params best reads (implies it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture")
+    p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture",
+                       description="Train one fold (or all) of one architecture. Under `torchrun --nproc-per-node N "
+                       "-m comp train ...` one run trains with DistributedDataParallel on N processes/GPUs "
+                       "(see comp/distributed.py); --batch-size is then the global batch.")
     _add_train_args(p)
     p.set_defaults(func=_train)
 
@@ -179,6 +211,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=8)
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("tune", parents=[workdir], help="Optuna search over an architecture's recipe on one fold")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--trials", type=int, required=True, help="trials this worker runs (workers add up)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--storage", help="Optuna URL or journal:PATH (default sqlite:///<workdir>/tune.db)")
+    p.add_argument("--study", help="study name (default <arch>-fold<K>); workers with one name share it")
+    p.add_argument("--space", help="YAML/TOML search space overrides (see comp/tune_space.py)")
+    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"])
+    p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning")
+    p.add_argument("--warmup-epochs", type=int, default=2, help="no pruning before this epoch")
+    p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    p.add_argument("--epochs", type=float, help="fix the epochs instead of searching them")
+    p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler (default: differs per worker)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every trial")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.set_defaults(func=_tune)
+
+    p = sub.add_parser("grid", parents=[workdir], help="train every (arch, fold) in turn, skipping done/busy runs")
+    p.add_argument("--archs", required=True, help="comma-separated architectures, e.g. fastnet,custom_cnn")
+    p.add_argument("--folds", default="all", help="'all' or comma-separated folds, e.g. 0,1")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--aug")
+    p.add_argument("--tta", choices=["none", "flip", "flip+shift"])
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.set_defaults(func=_grid)
     return parser
 
 
@@ -187,7 +250,8 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except CompError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # under torchrun rank 0 alone reports an error all ranks share
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: outputs written so far are complete; `comp train ... --resume` continues a run",

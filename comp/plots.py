@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_path
 
 DPI = 110
 MAX_TICK_CLASSES = 30  # beyond this, tick labels overlap whatever the figure size
 MAX_ANNOTATED_CLASSES = 15  # write the value in each cell only while cells are big enough
-MAX_NAME_CHARS = 18
+MAX_NAME_CHARS = 22
 BLEND_COLOUR, RUN_COLOUR = "#1f77b4", "#9e9e9e"
 
 
@@ -80,26 +82,33 @@ def curves_figure(history: pd.DataFrame, run_name: str, best_epochs: dict[int, i
     """Three panels from history.csv: train/val loss, val accuracy, lr; one colour per fold."""
     fig = new_figure(15.0, 4.4)
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
-    colours = [f"C{i % 10}" for i in range(history.fold.nunique())]
-    marker = "o" if history.groupby("fold").size().max() <= 30 else None  # a 1-epoch run still shows
-    for colour, (fold, rows) in zip(colours, history.groupby("fold")):
-        label = f"fold {fold}"
-        loss_ax.plot(rows.epoch, rows.train_loss, color=colour, marker=marker, ms=3, label=f"{label} train")
-        loss_ax.plot(rows.epoch, rows.val_loss, color=colour, marker=marker, ms=3, ls="--", label=f"{label} val")
-        acc_ax.plot(rows.epoch, rows.val_accuracy, color=colour, marker=marker, ms=3, label=label)
-        lr_ax.plot(rows.epoch, rows.lr, color=colour, label=label)
+    # markers while points are few, so a 1-epoch run still shows; hollow markers are validation
+    marker = "o" if history.groupby("fold").size().max() <= 30 else None
+    fold_handles = []
+    for i, (fold, rows) in enumerate(history.groupby("fold")):
+        colour, label = f"C{i % 10}", f"fold {fold}"
+        loss_ax.plot(rows.epoch, rows.train_loss, color=colour, marker=marker, ms=3)
+        loss_ax.plot(rows.epoch, rows.val_loss, color=colour, marker=marker, ms=4, ls="--", mfc="white")
+        acc_ax.plot(rows.epoch, rows.val_accuracy, color=colour, marker=marker, ms=4, mfc="white")
+        lr_ax.plot(rows.epoch, rows.lr, color=colour, marker=marker, ms=3)
+        fold_handles.append(Line2D([], [], color=colour, label=label))
         best = (best_epochs or {}).get(int(fold))
         if best is not None and best in set(rows.epoch):
             acc_ax.plot([best], rows.val_accuracy[rows.epoch == best], marker="*", ms=13, color=colour,
                         markeredgecolor="black", ls="none")
-    loss_ax.set(title="loss (solid train, dashed val)", xlabel="epoch", ylabel="cross-entropy")
+    style_handles = [Line2D([], [], color="black", marker=marker, ms=3, label="train"),
+                     Line2D([], [], color="black", marker=marker, ms=4, ls="--", mfc="white", label="val")]
+    loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="val accuracy (★ best epoch)", xlabel="epoch", ylabel="accuracy")
     lr_ax.set(title="learning rate", xlabel="epoch", ylabel="lr")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    loss_ax.legend(fontsize=7, ncol=2)
-    for ax in (acc_ax, lr_ax):
-        ax.legend(fontsize=8)
+    loss_ax.legend(handles=fold_handles + style_handles, fontsize=8)
+    acc_ax.legend(handles=fold_handles, fontsize=8)
+    first, last = history.epoch.min(), history.epoch.max()
     for ax in (loss_ax, acc_ax, lr_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if last - first < 3:  # else autoscaling zooms into a sliver around one epoch
+            ax.set_xlim(first - 0.5, last + 0.5)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run_name}: training curves per fold")
     fig.tight_layout()

@@ -73,40 +73,19 @@ def report(opts: ReportOptions) -> dict:
     print_table(f"Blends of {len(group)} run(s) on {len(aligned.y)} shared OOF rows "
                 f"(accuracy/macro-F1/log loss are honest: nested when learned)", blends)
 
-    # Per-class tables: the chosen run on its own rows, the best blend on the shared rows.
-    predictions = {chosen.name: (chosen.oof_labels, chosen.oof_logits.argmax(1))}
+    # Per class: the chosen run on its own rows, the best blend on the shared rows.
     best_blend = blends.method.iloc[0] if len(blends) else None
+    predictions = {chosen.name: (chosen.oof_labels, chosen.oof_logits.argmax(1))}
     if best_blend:
         predictions[f"blend:{best_blend}"] = (aligned.y, honest_scores[best_blend].argmax(1))
     per_class = per_class_table(predictions, class_names)
-    for source, (y, predicted) in predictions.items():
-        print(f"\nPer class: {source}\n" + classification_report(
-            y, predicted, labels=range(len(class_names)), target_names=class_names, digits=4, zero_division=0))
+    print_per_class(predictions, class_names)
 
     paths = {}
     for name, table in (("leaderboard.csv", board), ("blends.csv", blends), ("per_class.csv", per_class)):
         paths[name] = out / name
         write_csv(out / name, table)
-    images, confusions = {}, {}
-    for run in ranked:
-        confusions[run.name] = confusion(run.oof_labels, run.oof_logits.argmax(1), len(class_names))
-        accuracy = board.set_index("run").accuracy[run.name]
-        fig = plots.confusion_figure(confusions[run.name], class_names, f"{run.name}: OOF accuracy {accuracy:.4f}")
-        images[f"confusion_{safe_name(run.name)}.png"] = fig
-        history = run_history(run)
-        if history is None:
-            notes.append(f"{run.name}: no history.csv in its fold folders, so no training curves")
-        else:
-            best_epochs = {f.fold: f.metrics.get("best_epoch") for f in run.folds}
-            images[f"curves_{safe_name(run.name)}.png"] = plots.curves_figure(history, run.name, best_epochs)
-    if best_blend:
-        row = blends.iloc[0]
-        confusions[f"blend:{best_blend}"] = confusion(aligned.y, honest_scores[best_blend].argmax(1), len(class_names))
-        images[f"confusion_blend-{best_blend}.png"] = plots.confusion_figure(
-            confusions[f"blend:{best_blend}"], class_names,
-            f"blend {best_blend} of {len(group)} runs: honest OOF accuracy {row.accuracy:.4f}")
-    images["blends.png"] = blends_chart(aligned, blends, label_map.num_classes)
-    png = {name: plots.save_png(fig, out / name) for name, fig in images.items()}
+    png, confusions = write_figures(out, board, ranked, aligned, blends, honest_scores, class_names, notes)
     paths.update({name: out / name for name in png})
 
     page = render_html(workdir, label_map, board, blends, per_class, png, chosen, ranked, best_blend, notes)
@@ -148,7 +127,7 @@ def check_runs(runs: list[Run], label_map: LabelMap) -> None:
 
 
 def leaderboard(runs: list[Run], num_classes: int) -> pd.DataFrame:
-    """One row per run, scored on all of its OOF rows; best OOF accuracy first (log loss breaks ties)."""
+    """One row per run, scored on all of its OOF rows; best OOF accuracy first, then lower log loss."""
     rows = []
     for run in runs:
         probs, y = ensemble.softmax(run.oof_logits), run.oof_labels
@@ -161,8 +140,11 @@ def leaderboard(runs: list[Run], num_classes: int) -> pd.DataFrame:
                      "mean_best_epoch": float(np.mean([m.get("best_epoch", np.nan) for m in metrics])),
                      "train_seconds": float(sum(m.get("train_seconds", 0.0) for m in metrics)),
                      "tta": "/".join(sorted(tta))})
-    board = pd.DataFrame(rows).sort_values(["accuracy", "log_loss", "run"], ascending=[False, True, True])
-    return board.reset_index(drop=True)
+    board = pd.DataFrame(rows)
+    # Rounded keys so float noise never decides a tie; then more OOF rows (more folds) ranks first.
+    keys = board.assign(acc_key=board.accuracy.round(9), loss_key=board.log_loss.round(9))
+    order = keys.sort_values(["acc_key", "loss_key", "oof_rows", "run"], ascending=[False, True, False, True]).index
+    return board.loc[order].reset_index(drop=True)
 
 
 def pick_run(ranked: list[Run], name: str | None) -> Run:
@@ -216,6 +198,41 @@ def per_class_table(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class
     return table
 
 
+def print_per_class(predictions: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str]) -> None:
+    for source, (y, predicted) in predictions.items():
+        print(f"\nPer class: {source}\n" + classification_report(
+            y, predicted, labels=range(len(class_names)), target_names=class_names, digits=4, zero_division=0))
+
+
+def write_figures(out, board, ranked, aligned, blends, honest_scores, class_names, notes):
+    """Every PNG, written as soon as it is drawn; returns ({file name: PNG bytes}, {source: confusion})."""
+    png, confusions = {}, {}
+    accuracy = dict(zip(board.run, board.accuracy))
+    n = len(class_names)
+    for run in ranked:
+        confusions[run.name] = confusion(run.oof_labels, run.oof_logits.argmax(1), n)
+        name = f"confusion_{safe_name(run.name)}.png"
+        title = f"{run.name}: OOF accuracy {accuracy[run.name]:.4f}"
+        png[name] = plots.save_png(plots.confusion_figure(confusions[run.name], class_names, title), out / name)
+        history = run_history(run)
+        if history is None:
+            notes.append(f"{run.name}: no history.csv in its fold folders, so no training curves")
+            print(f"note: {notes[-1]}")
+            continue
+        best_epochs = {f.fold: f.metrics.get("best_epoch") for f in run.folds}
+        name = f"curves_{safe_name(run.name)}.png"
+        png[name] = plots.save_png(plots.curves_figure(history, run.name, best_epochs), out / name)
+    if len(blends):
+        best = blends.iloc[0]
+        confusions[f"blend:{best.method}"] = confusion(aligned.y, honest_scores[best.method].argmax(1), n)
+        name = f"confusion_blend-{best.method}.png"
+        title = f"blend {best.method} of {len(aligned.runs)} runs: honest OOF accuracy {best.accuracy:.4f}"
+        png[name] = plots.save_png(plots.confusion_figure(confusions[f"blend:{best.method}"], class_names, title),
+                                   out / name)
+    png["blends.png"] = plots.save_png(blends_chart(aligned, blends, n), out / "blends.png")
+    return png, confusions
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Row-normalised confusion matrix: [i, j] = share of true class i predicted as j.
     Each row sums to 1; a class with no OOF rows gets a row of zeros (not NaN)."""
@@ -250,6 +267,11 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     if "train_seconds" in shown:
         shown["train_seconds"] = shown.train_seconds.map(_duration)
         shown = shown.rename(columns={"train_seconds": "train_time"})
+    if "mean_best_epoch" in shown:
+        shown["mean_best_epoch"] = shown.mean_best_epoch.map(lambda v: f"{v:.1f}")
+    if "class" in shown:  # per-class "<source> <metric>" columns: one header spans each source
+        shown.columns = pd.MultiIndex.from_tuples([tuple(c.rsplit(" ", 1)) if " " in c else ("", c)
+                                                   for c in shown.columns])
     return shown
 
 
@@ -271,7 +293,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
-th { background: #f4f6f8; } td:first-child, th:first-child { text-align: left; }
+th { background: #f4f6f8; } th[colspan] { text-align: center; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 6px 0; }
 .note { color: #8a5a00; } .muted { color: #777; } details { margin: 8px 0; } summary { cursor: pointer; }
 """
@@ -310,7 +332,8 @@ def render_html(workdir, label_map, board, blends, per_class, png, chosen, ranke
         "<h2>Blends</h2><p class='muted'>Accuracy, macro-F1 and log loss are honest: methods that learn from "
         "labels are fit on the other folds and scored on each held-out fold. In-sample accuracy is optimistic."
         "</p>", _img_html(png, "blends.png"), _table_html(blends),
-        "<h2>Per class</h2>", _table_html(per_class),
+        "<h2>Per class</h2><p class='muted'>The run on its own OOF rows; the best blend on the shared rows "
+        "(honest scores).</p>", _table_html(per_class),
         f"<h2>Run {esc(chosen.name)}</h2>", _run_section(chosen, png),
         f"<h2>Best blend: {esc(best_blend)}</h2>{blend_img}" if best_blend else "",
         f"<h2>Other runs</h2>{others}" if others else "",

@@ -6,6 +6,10 @@ ops, so the model (not a DataLoader) is the bottleneck. Every epoch validates on
 held-out fold, checkpoints (so --resume continues after a crash or kill -9), and keeps
 the best weights; at the end the best weights predict the fold's rows and the test set
 with TTA, and the logits are saved for blending.
+
+Started by torchrun with several processes it trains one run with DistributedDataParallel:
+each rank trains on its shard of the rows, rank 0 validates and writes everything (see
+comp/distributed.py for how to launch it and what changes).
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import default_aug, parse_aug, tta_views
+from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
+                          local_batch_size, run_on_main, shard)
+from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import accuracy, log_loss, macro_f1, softmax
 from .folds import Prepared, load_prepared
 from .io import CompError, save_torch, write_csv, write_json, write_npz
@@ -31,7 +38,10 @@ from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .runs import RunLock, fold_dir, is_complete
 
 # Used where neither the model's recipe nor the command line says otherwise.
-BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=0.05,
+# Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
+# swamp the loss; AdamW decays the weights directly, where 0.05 is the usual value.
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
+BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=None,
                    label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, aug=None,
                    tta="flip", patience=0, grad_clip=0.0)
 
@@ -46,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
     resume: bool = False
     force: bool = False
     eval_batch_size: int = 1024
@@ -72,15 +83,11 @@ class TrainConfig:
         for key, default in recipe.items():
             if values.get(key) is None:
                 values[key] = default
+        if values["weight_decay"] is None:
+            values["weight_decay"] = DEFAULT_WEIGHT_DECAY[values["optimizer"]]
         values["name"] = self.name or self.arch.replace("/", "_")
         values["aug"] = parse_aug(values["aug"] or default_aug(n_train, img_size)).describe()
         return TrainConfig(**values)
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def pick_precision(requested: str, device: torch.device) -> str:
@@ -105,9 +112,12 @@ class Images:
         if mean is None:
             sample = self.u8[:: max(1, len(self.u8) // 5000)].float() / 255
             mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).clamp_min(1e-3).tolist()
+        self.set_stats(mean, std)
+
+    def set_stats(self, mean, std) -> None:
         self.mean, self.std = mean, std
-        self._mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self._mean = torch.tensor(mean, device=self.u8.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, device=self.u8.device).view(1, -1, 1, 1)
 
     def __len__(self):
         return len(self.u8)
@@ -138,15 +148,24 @@ def scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
 
 
 def train(cfg: TrainConfig) -> list[dict]:
-    """`--fold all` trains the folds one after another; finished folds are skipped."""
+    """`--fold all` trains the folds one after another; finished folds are skipped.
+    Under torchrun the process group is created here once, for every fold, and destroyed at the end."""
+    ctx = init_from_env(cfg.device)
+    try:
+        return _train_folds(cfg, ctx)
+    finally:
+        cleanup()
+
+
+def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     prepared = load_prepared(cfg.workdir)
     n_folds = int(prepared.folds.fold.max()) + 1
     if cfg.fold == -1:
         results = []
         for k in range(n_folds):
             path = fold_dir(cfg.workdir, cfg.name or cfg.arch.replace("/", "_"), k)
-            if is_complete(path) and not cfg.force:
-                print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
+            if run_on_main(is_complete, path) and not cfg.force:
+                ctx.print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
                 continue
             results.append(train_fold(TrainConfig(**{**asdict(cfg), "fold": k}), prepared))
         return results
@@ -157,70 +176,94 @@ def train(cfg: TrainConfig) -> list[dict]:
 
 def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     """Train one fold. `on_epoch(row)` is called after each epoch with its history row
-    (comp tune reports to Optuna there; raising from it stops training)."""
+    (comp tune reports to Optuna there; raising from it stops training).
+    Under DDP only rank 0 validates, writes and returns the metrics; the other ranks return {}."""
+    ctx = init_from_env(cfg.device)
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
     img_size = prepared.train_images.shape[1]
     cfg = cfg.resolved(int((~in_fold).sum()), img_size)
     out = fold_dir(cfg.workdir, cfg.name, cfg.fold)
+    if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
+        raise CompError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    with contextlib.ExitStack() as lock:
+        run_on_main(_claim, cfg, out, lock)  # rank 0's checks and lock; its error stops every rank
+        return _train_locked(cfg, prepared, in_fold, out, on_epoch, ctx)
+
+
+def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
     if is_complete(out) and not cfg.force:
         raise CompError(f"{out} is already complete; pass --force to train it again")
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
-    with RunLock(out):
-        return _train_locked(cfg, prepared, in_fold, out, on_epoch)
+    lock.enter_context(RunLock(out))
 
 
-def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path, on_epoch) -> dict:
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path, on_epoch,
+                  ctx: DistContext) -> dict:
+    torch.manual_seed(cfg.seed + ctx.rank)  # own random stream per rank; DDP gives all rank 0's weights
+    device = ctx.device
     precision = pick_precision(cfg.precision, device)
     label_map = prepared.label_map
     y_all = label_map.encode(list(prepared.folds.label))
-    train_images = Images(prepared.train_images[~in_fold], device)
-    val_images = Images(prepared.train_images[in_fold], device, train_images.mean, train_images.std)
-    y_train = torch.from_numpy(y_all[~in_fold]).to(device)
+    n_train, n_val = int((~in_fold).sum()), int(in_fold.sum())
+    rows = shard(np.flatnonzero(~in_fold), cfg.seed, ctx.rank, ctx.world_size)  # all of them on one process
+    train_images = Images(prepared.train_images[rows], device)
+    train_images.set_stats(*broadcast_object((train_images.mean, train_images.std)))  # rank 0's on every rank
+    val_images = Images(prepared.train_images[in_fold], device, train_images.mean, train_images.std) \
+        if ctx.is_main else None
+    y_train = torch.from_numpy(y_all[rows]).to(device)
     y_val = y_all[in_fold]
     img_size = prepared.train_images.shape[1]
 
     model = create_model(cfg.arch, num_classes=label_map.num_classes, in_chans=3, img_size=img_size,
                          **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
-    if hasattr(model, "init_from_data"):
+    if cfg.sync_bn and ctx.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if hasattr(model, "init_from_data"):  # on each rank's shard; DDP then copies rank 0's result
         model.init_from_data(train_images.batch(torch.randperm(len(train_images), device=device)[:5000]))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale)
     lookahead = Lookahead(model) if cfg.ema else None
     plateau = Plateau()
     augment = parse_aug(cfg.aug)
-    steps_per_epoch = max(1, len(train_images) // cfg.batch_size)
+    batch_size = local_batch_size(cfg.batch_size, ctx.world_size)  # --batch-size is global
+    steps_per_epoch = max(1, n_train // ctx.world_size // batch_size)  # the smallest shard's, on every rank
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_models = StepModel(model, ctx, cfg.compile)  # DDP around the model under torchrun
+    eval_model = model if ctx.enabled else step_models.current()  # rank 0 validates alone: never DDP
 
     state = dict(epoch=0, step=0, best_score=-math.inf, best_epoch=-1, bad_epochs=0, history=[])
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if cfg.resume and (out / "checkpoint.pt").exists():
-        state, best_weights = _load_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau)
-        print(f"resuming {out} at epoch {state['epoch']} (step {state['step']}/{total_steps})")
+    ckpt = run_on_main(_read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
+    if ckpt:
+        state, best_weights = _load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device)
+        if ctx.enabled:  # per-rank random streams are not checkpointed
+            torch.manual_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
+        ctx.print(f"resuming {out} at epoch {state['epoch']} (step {state['step']}/{total_steps})")
     config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
               "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
-              "n_train": len(train_images), "n_val": len(val_images), "total_steps": total_steps,
-              "mean": train_images.mean, "std": train_images.std}
-    write_json(out / "config.json", config)
-    writer = _tensorboard(out)
-    print(f"train {cfg.name} fold {cfg.fold}: {len(train_images)} train / {len(val_images)} val images, "
-          f"{cfg.epochs} epochs x {steps_per_epoch} steps, {device} {precision}, aug {cfg.aug}")
+              "n_train": n_train, "n_val": n_val, "total_steps": total_steps,
+              "mean": train_images.mean, "std": train_images.std, "world_size": ctx.world_size}
+    if ctx.is_main:
+        write_json(out / "config.json", config)
+    writer = _tensorboard(out) if ctx.is_main else None
+    ddp = f", DDP {ctx.world_size} x batch {batch_size}" if ctx.enabled else ""
+    ctx.print(f"train {cfg.name} fold {cfg.fold}: {n_train} train / {n_val} val images, "
+              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {device} {precision}, aug {cfg.aug}{ddp}")
 
     while state["step"] < total_steps:
         epoch = state["epoch"]
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch, cfg.epochs)
+        step_model = step_models.current()  # DDP is rebuilt if the hook froze a parameter
         model.train()
         started = time.time()
         order = torch.randperm(len(train_images), device=device)
         n_steps = min(steps_per_epoch, total_steps - state["step"])
         bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", unit="step",
-                   leave=False, disable=None)
+                   leave=False, disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for i in bar:
-            index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            index = order[i * batch_size:(i + 1) * batch_size]
             x, target = augment(train_images.batch(index), y_train[index], label_map.num_classes)
             multiplier = lr_multiplier(cfg.schedule, state["step"], total_steps) * plateau.multiplier
             set_lr(optimizer, multiplier)
@@ -242,32 +285,40 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         if lookahead:
             lookahead.finish_epoch()
         train_seconds = time.time() - started
-        val_logits = predict_logits(step_model, val_images, "none", device, precision, cfg.eval_batch_size)
-        val = scores(val_logits, y_val, label_map.num_classes)
-        if cfg.schedule == "plateau":
-            plateau.step(val["log_loss"])
-        row = dict(epoch=epoch + 1, step=state["step"], train_loss=float(loss_sum) / seen,
-                   train_accuracy=float(correct) / seen, val_loss=val["log_loss"], val_accuracy=val["accuracy"],
-                   val_macro_f1=val["macro_f1"], lr=optimizer.param_groups[0]["lr"],
-                   seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
-        state["history"].append(row)
-        _log_epoch(row, writer)
-        if on_epoch:
-            on_epoch(row)
-        score = val["accuracy"] - 1e-6 * val["log_loss"]  # accuracy first, loss breaks ties
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
+        totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
+        loss_sum, correct, seen = all_reduce_sum(totals).tolist()  # over all ranks
+        stop = False
+        if ctx.is_main:  # validation and every file are rank 0's; the others wait for its decision
+            val_logits = predict_logits(eval_model, val_images, "none", device, precision, cfg.eval_batch_size)
+            val = scores(val_logits, y_val, label_map.num_classes)
+            if cfg.schedule == "plateau":
+                plateau.step(val["log_loss"])
+            row = dict(epoch=epoch + 1, step=state["step"], train_loss=loss_sum / seen,
+                       train_accuracy=correct / seen, val_loss=val["log_loss"], val_accuracy=val["accuracy"],
+                       val_macro_f1=val["macro_f1"], lr=optimizer.param_groups[0]["lr"],
+                       seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
+            state["history"].append(row)
+            _log_epoch(row, writer)
+            if on_epoch:
+                on_epoch(row)
+            score = val["accuracy"] - 1e-6 * val["log_loss"]  # accuracy first, loss breaks ties
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+            stop = bool(cfg.patience and state["bad_epochs"] >= cfg.patience)
+        stop, plateau.multiplier = broadcast_object((stop, plateau.multiplier))  # the same on every rank
         state["epoch"] = epoch + 1
-        stop = cfg.patience and state["bad_epochs"] >= cfg.patience
         if stop:
-            print(f"early stopping: no improvement for {cfg.patience} epochs; best epoch {state['best_epoch']}")
+            ctx.print(f"early stopping: no improvement for {cfg.patience} epochs; best epoch {state['best_epoch']}")
             state["step"] = total_steps
-        _save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights)
-        write_csv(out / "history.csv", pd.DataFrame(state["history"]))
+        if ctx.is_main:
+            _save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights)
+            write_csv(out / "history.csv", pd.DataFrame(state["history"]))
 
+    if not ctx.is_main:
+        return {}
     model.load_state_dict(best_weights)
     return _finish(cfg, config, model, prepared, val_images, y_val, in_fold, out, device, precision, state, writer)
 
@@ -308,17 +359,24 @@ def _save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_wei
                       "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
 
 
-def _load_checkpoint(path, model, optimizer, lookahead, plateau):
-    ckpt = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+def _read_checkpoint(path: Path):
+    """On the CPU: it may be sent to other ranks, and the RNG states must be CPU tensors."""
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def _load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device):
+    def to_device(tensors):
+        return tensors and {k: v.to(device) for k, v in tensors.items()}
+
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
     if lookahead and ckpt["lookahead"]:
-        lookahead.load_state_dict(ckpt["lookahead"])
+        lookahead.load_state_dict({"average": to_device(ckpt["lookahead"]["average"])})
     plateau.load_state_dict(ckpt["plateau"])
     torch.set_rng_state(ckpt["rng"])
     if ckpt.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    return ckpt["state"], ckpt["best_weights"]
+    return ckpt["state"], to_device(ckpt["best_weights"])
 
 
 def _tensorboard(out: Path):

@@ -102,9 +102,12 @@ class Param:
 
 
 def recipe(arch: str) -> dict:
-    from .train import BASE_RECIPE  # train imports the models; keep this module light to import
+    from . import train  # imported here: train is heavy and imports this package's users
 
-    return {**BASE_RECIPE, **model_info(arch)["recipe"]}
+    merged = {**train.BASE_RECIPE, **model_info(arch)["recipe"]}
+    if merged.get("weight_decay") is None:  # the trainer then uses its per-optimizer default
+        merged["weight_decay"] = getattr(train, "DEFAULT_WEIGHT_DECAY", {}).get(merged["optimizer"])
+    return merged
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,7 +165,17 @@ def build_space(arch: str, img_size: int, space_file=None, fixed: dict | None = 
         space.update(from_file)
     for name, value in (fixed or {}).items():
         space[name] = Param(name, "fixed", value=value)
+    for name, limit in (("translate", img_size - 1), ("cutout", img_size)):  # augment.py would fail each trial
+        if name in space and _largest(space[name]) > limit:
+            raise CompError(f"{f'--space {space_file}' if space_file else 'tune'}: {name}: up to {_largest(space[name])} px, "
+                            f"but the images are {img_size} px: keep it <= {limit}")
     return space
+
+
+def _largest(param: Param):
+    if param.type == "fixed":
+        return param.value
+    return param.high if param.type in ("float", "int") else max(param.choices)
 
 
 def _read_mapping(path: Path) -> dict:

@@ -1,0 +1,123 @@
+"""`comp grid`: every (architecture, fold) pair, one after another, on this machine.
+
+    comp grid --archs fastnet,custom_cnn --folds all --epochs 10
+
+A complete run (metrics.json and the logits exist) is skipped, so re-running the command
+after a crash or Ctrl-C picks up where it stopped; an unfinished run is resumed from its
+checkpoint. A run locked by another process (another `comp grid` or `comp train` on this
+or another machine sharing the workdir) is skipped as "busy", so several machines can run
+the same grid command and split the pairs between them. A run that fails is reported and
+the grid goes on; the command exits with an error at the end if any run failed.
+
+On a SLURM cluster, one array task per fold instead (the workdir on a shared filesystem,
+prepared once with `comp prepare`):
+
+    #!/bin/bash
+    #SBATCH --job-name=comp-fastnet
+    #SBATCH --array=0-4                 # one task per fold of a 5-fold prepare
+    #SBATCH --gres=gpu:1
+    #SBATCH --cpus-per-task=8
+    #SBATCH --time=02:00:00
+    #SBATCH --output=logs/%x-%a.out
+    #SBATCH --requeue                   # a preempted task restarts ...
+    source .venv/bin/activate
+    comp --workdir /shared/work train --arch fastnet --fold $SLURM_ARRAY_TASK_ID --resume   # ... and resumes
+
+then, once the array is done (`sbatch --dependency=afterok:<jobid> blend.sh`):
+    comp --workdir /shared/work blend --runs fastnet
+For several architectures, submit one array per architecture, or run `comp grid` with the
+same arguments in every task: the run locks make the tasks take different pairs.
+"""
+from __future__ import annotations
+
+import time
+
+from .folds import load_prepared
+from .io import CompError, read_json
+from .runs import fold_dir, is_complete
+
+
+def parse_folds(spec: str, n_folds: int) -> list[int]:
+    if spec.strip() == "all":
+        return list(range(n_folds))
+    try:
+        folds = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise CompError(f"--folds {spec!r}: expected 'all' or comma-separated numbers such as 0,1") from None
+    bad = [k for k in folds if not 0 <= k < n_folds]
+    if bad or not folds:
+        raise CompError(f"--folds {spec!r}: folds.csv has folds 0..{n_folds - 1}")
+    return folds
+
+
+def grid(archs: str | list[str], folds: str = "all", workdir=".", **train_kwargs) -> list[dict]:
+    """Train each pair; `train_kwargs` are TrainConfig fields (epochs, seed, device ...)."""
+    from .models import model_info
+
+    names = [a.strip() for a in archs.split(",")] if isinstance(archs, str) else list(archs)
+    names = [a for a in names if a]
+    if not names:
+        raise CompError("--archs: give at least one architecture, e.g. --archs fastnet,custom_cnn")
+    for arch in names:
+        try:
+            model_info(arch)
+        except ValueError as exc:
+            raise CompError(f"--archs {arch}: {exc}") from None
+    prepared = load_prepared(workdir)
+    fold_ids = parse_folds(folds, int(prepared.folds.fold.max()) + 1)
+    rows = []
+    for arch in names:
+        for fold in fold_ids:
+            row = run_one(arch, fold, workdir, prepared, train_kwargs)
+            print(f"grid: {arch} fold {fold}: {row['status']}", flush=True)
+            rows.append(row)
+    print_summary(rows)
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if failed:
+        raise CompError(f"{len(failed)} of {len(rows)} run(s) failed: "
+                        + "; ".join(f"{r['arch']} fold {r['fold']}" for r in failed))
+    return rows
+
+
+def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict:
+    from .train import TrainConfig, train_fold
+
+    name = arch.replace("/", "_")  # the run name `comp train` uses by default
+    path = fold_dir(workdir, name, fold)
+    row = dict(arch=arch, fold=fold, path=str(path), accuracy=None, seconds=None)
+    if is_complete(path):
+        return {**row, "status": "skipped: complete", "accuracy": _accuracy(path)}
+    started = time.time()
+    # resume=True: an unfinished run left by a crash continues; one still being trained is
+    # locked by its process, and train_fold raises CompError before touching it.
+    cfg = TrainConfig(arch=arch, fold=fold, workdir=str(workdir), resume=True, **train_kwargs)
+    try:
+        metrics = train_fold(cfg, prepared)
+    except CompError as exc:
+        # our own lock is gone once train_fold returns, so a lock file now is another process's
+        if (path / "lock").exists():
+            return {**row, "status": "skipped: busy"}
+        return {**row, "status": f"failed: {exc}"}
+    except (ValueError, RuntimeError) as exc:  # a bad recipe for this model, out of memory ...
+        return {**row, "status": f"failed: {type(exc).__name__}: {exc}"}
+    return {**row, "status": "trained", "accuracy": metrics["accuracy"], "seconds": round(time.time() - started, 1)}
+
+
+def _accuracy(path) -> float | None:
+    try:
+        return read_json(path / "metrics.json").get("accuracy")
+    except (OSError, ValueError):
+        return None
+
+
+def print_summary(rows: list[dict]) -> None:
+    print(f"\n{'arch':<20} {'fold':>4}  {'accuracy':>8}  {'seconds':>7}  status")
+    for r in rows:
+        accuracy = "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        print(f"{r['arch']:<20} {r['fold']:>4}  {accuracy:>8}  {seconds:>7}  {r['status']}")
+    counts = {}
+    for r in rows:
+        key = r["status"].split(":")[0] if r["status"].startswith("failed") else r["status"]
+        counts[key] = counts.get(key, 0) + 1
+    print("  " + ", ".join(f"{n} {status}" for status, n in counts.items()))
