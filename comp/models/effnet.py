@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import register_model
+from .layers import SqueezeExcite, conv_bn_act
 
 # (expand ratio, kernel, stride of first block, out channels, repeats)
 EFFNET_STAGES = [
@@ -26,39 +27,16 @@ EFFNET_STAGES = [
 ]
 
 
-class SqueezeExcite(nn.Module):
-    """Channel gating from globally pooled features; squeeze width = block input * se_ratio."""
-
-    def __init__(self, channels: int, squeeze: int):
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, squeeze, 1)
-        self.expand = nn.Conv2d(squeeze, channels, 1)
-        self.act = nn.SiLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.expand(self.act(self.reduce(s)))
-        return x * torch.sigmoid(s)
-
-
-def _conv_bn_act(c_in, c_out, kernel, stride=1, groups=1, act=True) -> nn.Sequential:
-    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(c_out)]
-    if act:
-        layers.append(nn.SiLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 class MBConv(nn.Module):
     def __init__(self, c_in: int, c_out: int, expand: int, kernel: int, stride: int,
                  se_ratio: float = 0.25):
         super().__init__()
         hidden = c_in * expand
         # B0 stage 1 (expand 1) has no expansion conv: it would be a 1x1 identity-sized conv.
-        self.expand = _conv_bn_act(c_in, hidden, 1) if expand != 1 else nn.Identity()
-        self.depthwise = _conv_bn_act(hidden, hidden, kernel, stride, groups=hidden)
+        self.expand = conv_bn_act(c_in, hidden, 1, act=nn.SiLU) if expand != 1 else nn.Identity()
+        self.depthwise = conv_bn_act(hidden, hidden, kernel, stride, groups=hidden, act=nn.SiLU)
         self.se = SqueezeExcite(hidden, max(1, int(c_in * se_ratio)))
-        self.project = _conv_bn_act(hidden, c_out, 1, act=False)
+        self.project = conv_bn_act(hidden, c_out, 1)  # linear bottleneck: no activation
         self.use_shortcut = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,14 +50,14 @@ class CustomEfficientNet(nn.Module):
                  stages: list[tuple] | None = None):
         super().__init__()
         # Stride-1 stem up to 64px; above that B0's stride-2 stem keeps compute in check.
-        self.stem = _conv_bn_act(in_chans, stem_width, 3, stride=1 if img_size <= 64 else 2)
+        self.stem = conv_bn_act(in_chans, stem_width, 3, stride=1 if img_size <= 64 else 2, act=nn.SiLU)
         blocks, c_in = [], stem_width
         for expand, kernel, stride, c_out, repeats in stages or EFFNET_STAGES:
             for i in range(repeats):
                 blocks.append(MBConv(c_in, c_out, expand, kernel, stride if i == 0 else 1))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.head = _conv_bn_act(c_in, head_width, 1)
+        self.head = conv_bn_act(c_in, head_width, 1, act=nn.SiLU)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(head_width, num_classes)

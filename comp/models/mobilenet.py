@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from . import register_model
+from .layers import SqueezeExcite, conv_bn_act
 
 # kernel, expanded, out, SE, activation ("RE" ReLU | "HS" hard-swish), stride
 MBV3_SMALL_BLOCKS = [
@@ -39,24 +40,8 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _conv_bn_act(c_in, c_out, kernel, stride=1, groups=1, act: type[nn.Module] | None = None):
-    layers = [nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(c_out, eps=0.001, momentum=0.01)]
-    if act is not None:
-        layers.append(act(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, squeeze: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.gate = nn.Hardsigmoid(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        return x * self.gate(self.fc2(self.relu(self.fc1(s))))
+    # torchvision's MobileNetV3 BatchNorm settings
+    return conv_bn_act(c_in, c_out, kernel, stride, groups, act, bn_eps=0.001, bn_momentum=0.01)
 
 
 class InvertedResidual(nn.Module):
@@ -69,7 +54,7 @@ class InvertedResidual(nn.Module):
             layers.append(_conv_bn_act(c_in, expanded, 1, act=act))
         layers.append(_conv_bn_act(expanded, expanded, kernel, stride, groups=expanded, act=act))
         if use_se:
-            layers.append(SqueezeExcite(expanded, make_divisible(expanded // 4, 8)))
+            layers.append(SqueezeExcite(expanded, make_divisible(expanded // 4, 8), nn.ReLU, nn.Hardsigmoid))
         layers.append(_conv_bn_act(expanded, c_out, 1, act=None))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and c_in == c_out
