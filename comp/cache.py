@@ -1,4 +1,5 @@
-"""Decode every image once into a uint8 array (N, S, S, 3) stored as a memory-mapped .npy.
+"""Decode every image once into a uint8 array (N, S, S, 3) stored as a memory-mapped .npy
+(or, with `comp prepare --no-cache`, decode it once only to check it).
 
 Training then slices this array instead of opening JPEGs: decoding is the slowest part
 of a naive loader on small images, and a 50k x 32 x 32 x 3 cache is only 150 MB.
@@ -55,21 +56,32 @@ def load_rgb(path: str, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def build_cache(paths, size: int, out_path: Path, desc: str) -> tuple[list[tuple[int, str]], list[str]]:
-    """Decode `paths` into out_path (.npy, atomic). Returns (bad rows, content hashes)."""
-    bad, hashes = [], []
+def build_cache(paths, size: int, out_path: Path | None, desc: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """Decode `paths` into out_path (.npy, atomic). Returns (bad rows, content hashes).
+
+    With out_path None (`comp prepare --no-cache`) every image is still decoded once, so that
+    truncated files fail here and duplicates are found, but nothing is stored."""
+    if out_path is None:
+        return _decode_all(paths, size, desc, None)
     with atomic_path(out_path, suffix=".npy") as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-        for row, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None)):
-            try:
-                pixels = load_rgb(path, size)
-            except Exception as exc:
-                bad.append((row, f"unreadable or truncated image: {exc}"))
-                pixels = np.zeros((size, size, 3), np.uint8)
-            array[row] = pixels
-            hashes.append(hashlib.blake2b(pixels.tobytes(), digest_size=8).hexdigest())
+        result = _decode_all(paths, size, desc, array)
         array.flush()
         del array
+    return result
+
+
+def _decode_all(paths, size: int, desc: str, array) -> tuple[list[tuple[int, str]], list[str]]:
+    bad, hashes = [], []
+    for row, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None)):
+        try:
+            pixels = load_rgb(path, size)
+        except Exception as exc:
+            bad.append((row, f"unreadable or truncated image: {exc}"))
+            pixels = np.zeros((size, size, 3), np.uint8)
+        if array is not None:
+            array[row] = pixels
+        hashes.append(hashlib.blake2b(pixels.tobytes(), digest_size=8).hexdigest())
     return bad, hashes
 
 

@@ -13,7 +13,8 @@ def _prepare(args):
 
     overrides = LayoutOverrides(args.train_csv, args.val_csv, args.id_col, args.label_col, args.image_dir,
                                 args.val_image_dir, args.test_dir, args.sample_submission, args.ext)
-    prepare(PrepareOptions(args.data, args.workdir, args.folds, args.seed, args.size, args.skip_bad), overrides)
+    prepare(PrepareOptions(args.data, args.workdir, args.folds, args.seed, args.size, args.skip_bad,
+                           cache=not args.no_cache), overrides)
 
 
 def _train_config(args, fold):
@@ -39,8 +40,8 @@ def _train_config(args, fold):
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
-                       resume=args.resume,
-                       force=args.force, model_kwargs=model_kwargs, ema=ema, **recipe)
+                       loader=args.loader, workers=args.workers, resume=args.resume, force=args.force,
+                       model_kwargs=model_kwargs, ema=ema, **recipe)
 
 
 def _train(args):
@@ -140,6 +141,10 @@ def _add_train_args(p):
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun (DDP, CUDA): SyncBatchNorm")
+    p.add_argument("--loader", default="auto", choices=["auto", "cache", "albu"],
+                   help="cache: the image cache on the device; albu: read the image files with DataLoader workers "
+                        "and albumentations (default auto: cache unless prepared with --no-cache)")
+    p.add_argument("--workers", type=int, help="--loader albu: DataLoader worker processes (default min(4, CPUs))")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="retrain a finished run")
     p.add_argument("--pretrained", action="store_true", help="timm models: load pretrained weights")
@@ -164,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: most common size)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad rows/images and report them instead of failing")
+    p.add_argument("--no-cache", action="store_true", help="check every image but write no cache (images too large "
+                   "to cache): `comp train` then reads the files (--loader albu)")
     for flag in ("train-csv", "val-csv", "id-col", "label-col", "image-dir", "val-image-dir", "test-dir",
                  "sample-submission", "ext"):
         p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}")

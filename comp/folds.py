@@ -5,6 +5,10 @@ Everything lands in <workdir>/folds/, written atomically:
   test.csv      id, path in the sample submission's order (row i is row i of cache/test_<S>.npy)
   labels.json   the label map (class order, hash, how labels are written back)
   prepare.json  what was detected, counts, sizes, modes, duplicates, dropped rows
+
+With --no-cache (images too large to hold decoded) every image is still decoded once to check
+it, but no cache is written: prepare.json says "cache": null and `comp train` reads the files
+(comp/feed.py, --loader albu).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class PrepareOptions:
     seed: int = 42
     size: int | None = None
     skip_bad: bool = False
+    cache: bool = True  # False: --no-cache
 
 
 def folds_dir(workdir) -> Path:
@@ -77,22 +82,25 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
     size = opts.size or cache_mod.choose_size(train["size"])
-    cache_dir = out / "cache"
-    train_cache, test_cache = cache_dir / f"train_{size}.npy", cache_dir / f"test_{size}.npy"
-    bad, train_hashes = cache_mod.build_cache(list(train.path), size, train_cache, "caching train")
+    # Without a cache the images are still decoded once: truncated files fail here, not mid-training.
+    train_cache = out / "cache" / f"train_{size}.npy" if opts.cache else None
+    test_cache = out / "cache" / f"test_{size}.npy" if opts.cache else None
+    verb = "caching" if opts.cache else "checking"
+    bad, train_hashes = cache_mod.build_cache(list(train.path), size, train_cache, f"{verb} train")
     if bad:
         decode_problems = cache_mod.problems_from_rows(bad, train)
         if not opts.skip_bad:
-            train_cache.unlink()
+            _unlink(train_cache)
             _raise_problems(decode_problems)
         problems += decode_problems
         keep = np.setdiff1d(np.arange(len(train)), [row for row, _ in bad])
-        _compact_cache(train_cache, keep)
+        if train_cache:
+            _compact_cache(train_cache, keep)
         train = train.iloc[keep].reset_index(drop=True)
         train_hashes = [train_hashes[i] for i in keep]
-    bad, test_hashes = cache_mod.build_cache(list(test.path), size, test_cache, "caching test")
+    bad, test_hashes = cache_mod.build_cache(list(test.path), size, test_cache, f"{verb} test")
     if bad:
-        test_cache.unlink()
+        _unlink(test_cache)
         _raise_problems(cache_mod.problems_from_rows(bad, test.assign(where="test"), "test"))
 
     sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
@@ -107,9 +115,10 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})
     summary = _summary(opts, layout, train, test, label_map, problems, size,
                        cache_mod.duplicate_report(train_hashes, list(train.label), test_hashes))
-    summary["cache"] = {"train": rel(train_cache), "test": rel(test_cache), "size": size,
-                        "train_fingerprint": ids_fingerprint(folds_table.id),
-                        "test_fingerprint": ids_fingerprint(test_table.id)}
+    summary["image_size"] = size
+    summary["fingerprints"] = {"train_fingerprint": ids_fingerprint(folds_table.id),
+                               "test_fingerprint": ids_fingerprint(test_table.id)}
+    summary["cache"] = {"train": rel(train_cache), "test": rel(test_cache), "size": size} if opts.cache else None
     summary["seconds"] = round(time.time() - started, 1)
     # labels.json last but one and prepare.json last: train checks prepare.json exists.
     write_csv(out / "folds.csv", folds_table)
@@ -151,6 +160,11 @@ def _raise_problems(problems: list[Problem], can_skip: bool = True) -> None:
     hint = "\nFix these rows, or re-run with --skip-bad to drop them (they are listed in prepare.json)." \
         if can_skip else "\nThe test set must be complete: fix these files."
     raise CompError(f"{len(problems)} problem(s) in the input; nothing was written:\n{shown}{more}{hint}")
+
+
+def _unlink(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def _compact_cache(path: Path, keep: np.ndarray) -> None:
@@ -198,7 +212,11 @@ def print_summary(summary: dict) -> None:
     if len(counts) <= 20:
         print("  " + "  ".join(f"{c}:{n}" for c, n in counts.items()))
     print(f"sizes seen: {summary['sizes_seen']}  modes seen: {summary['modes_seen']}")
-    print(f"cache: {summary['cache']['size']}x{summary['cache']['size']} uint8 -> {summary['cache']['train']}")
+    size = summary["image_size"]
+    if summary["cache"]:
+        print(f"cache: {size}x{size} uint8 -> {summary['cache']['train']}")
+    else:
+        print(f"cache: none (--no-cache); `comp train` reads the image files and resizes them to {size}x{size}")
     print(f"duplicates: {summary['duplicates']}")
     if summary["dropped"]:
         print(f"dropped {len(summary['dropped'])} bad row(s)/class(es) (--skip-bad); see prepare.json")
@@ -212,9 +230,18 @@ class Prepared:
     folds: pd.DataFrame
     test: pd.DataFrame
     label_map: LabelMap
-    train_images: np.ndarray  # memory-mapped (N, S, S, 3) uint8
-    test_images: np.ndarray
+    train_images: np.ndarray | None  # memory-mapped (N, S, S, 3) uint8; None after --no-cache
+    test_images: np.ndarray | None
     info: dict
+
+    @property
+    def has_cache(self) -> bool:
+        return self.train_images is not None
+
+    @property
+    def image_size(self) -> int:
+        """The side the images are trained at (prepare.json before --no-cache existed: the cache's)."""
+        return int(self.info.get("image_size") or self.train_images.shape[1])
 
 
 def load_prepared(workdir) -> Prepared:
@@ -226,11 +253,15 @@ def load_prepared(workdir) -> Prepared:
     folds = pd.read_csv(out / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
     test = pd.read_csv(out / "test.csv", dtype={"id": str, "path": str}, keep_default_na=False)
     label_map = LabelMap.load(out / "labels.json")
-    train_images = cache_mod.open_cache(workdir / info["cache"]["train"])
-    test_images = cache_mod.open_cache(workdir / info["cache"]["test"])
-    if (len(train_images) != len(folds) or ids_fingerprint(folds.id) != info["cache"]["train_fingerprint"]
-            or len(test_images) != len(test)):
-        raise CompError(f"{out}: folds.csv/test.csv do not match the image cache; re-run `comp prepare`")
+    cache = info.get("cache")  # None after --no-cache
+    train_images = cache_mod.open_cache(workdir / cache["train"]) if cache else None
+    test_images = cache_mod.open_cache(workdir / cache["test"]) if cache else None
+    fingerprints = info.get("fingerprints") or cache  # older prepare.json kept them in "cache"
+    if (ids_fingerprint(folds.id) != fingerprints["train_fingerprint"]
+            or ids_fingerprint(test.id) != fingerprints["test_fingerprint"]
+            or (cache and (len(train_images) != len(folds) or len(test_images) != len(test)))):
+        raise CompError(f"{out}: folds.csv/test.csv do not match prepare.json or the image cache; "
+                        f"re-run `comp prepare`")
     if label_map.hash != info["label_hash"]:
         raise CompError(f"{out / 'labels.json'} does not match prepare.json; re-run `comp prepare`")
     return Prepared(workdir, folds, test, label_map, train_images, test_images, info)

@@ -14,7 +14,8 @@ from .folds import load_prepared
 from .io import CompError, read_json, write_json, write_npz
 from .models import create_model
 from .runs import fold_dir, is_complete, runs_root
-from .train import Images, pick_device, pick_precision, predict_logits, scores
+from .feed import make_feed, resolve_loader
+from .train import pick_device, pick_precision, scores
 
 
 def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, new_name: str | None = None,
@@ -47,10 +48,12 @@ def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
     model.load_state_dict(checkpoint["state_dict"])
     model = model.to(device).to(memory_format=torch.channels_last)
     in_fold = prepared.folds.fold.to_numpy() == config["fold"]
-    val = Images(prepared.train_images[in_fold], device, config["mean"], config["std"])
-    test = Images(prepared.test_images, device, config["mean"], config["std"])
-    oof_logits = predict_logits(model, val, tta, device, precision, batch_size, "predict oof")
-    test_logits = predict_logits(model, test, tta, device, precision, batch_size, "predict test")
+    # The images come the way the run was trained on them (runs from before --loader: the cache).
+    loader = resolve_loader(config.get("loader", "cache"), prepared.has_cache, f"run {src} (trained from the cache)")
+    feed = make_feed(loader, prepared, device, stats=(config["mean"], config["std"]), val_rows=np.flatnonzero(in_fold),
+                     batch_size=config["batch_size"], eval_batch_size=batch_size)
+    oof_logits = feed.predict(model, "val", tta, precision, "predict oof")
+    test_logits = feed.predict(model, "test", tta, precision, "predict test")
     y = prepared.label_map.encode(list(prepared.folds.label[in_fold]))
     metrics = {**read_json(src / "metrics.json"), **scores(oof_logits, y, prepared.label_map.num_classes),
                "tta": tta, "predicted_from": str(src)}

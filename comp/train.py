@@ -1,8 +1,9 @@
 """`comp train`: one fold of one architecture, airbench-style.
 
-The training images stay a uint8 tensor on the training device; each batch is
-indexed, converted to float, normalised and augmented there as whole-batch tensor
-ops, so the model (not a DataLoader) is the bottleneck. Every epoch validates on the
+Batches come from comp/feed.py: by default the training images stay a uint8 tensor on the
+training device and each batch is normalised and augmented there as whole-batch tensor ops,
+so the model (not a DataLoader) is the bottleneck; after `comp prepare --no-cache` (--loader
+albu) DataLoader workers read and augment the image files. Every epoch validates on the
 held-out fold, checkpoints (so --resume continues after a crash or kill -9), and keeps
 the best weights; at the end the best weights predict the fold's rows and the test set
 with TTA, and the logits are saved for blending.
@@ -26,11 +27,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import default_aug, parse_aug, tta_views
+from .augment import default_aug, parse_aug
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import accuracy, log_loss, macro_f1, softmax
+from .feed import autocast, default_workers, make_feed, resolve_loader
 from .folds import Prepared, load_prepared
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model, model_info
@@ -57,6 +59,8 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    loader: str = "auto"  # cache | albu (image files, DataLoader workers); auto: cache when prepared with one
+    workers: int | None = None  # albu DataLoader workers (None: min(4, CPUs))
     resume: bool = False
     force: bool = False
     eval_batch_size: int = 1024
@@ -77,7 +81,7 @@ class TrainConfig:
     patience: int | None = None
     grad_clip: float | None = None
 
-    def resolved(self, n_train: int, img_size: int) -> "TrainConfig":
+    def resolved(self, n_train: int, img_size: int, has_cache: bool = True) -> "TrainConfig":
         recipe = {**BASE_RECIPE, **model_info(self.arch)["recipe"]}
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for key, default in recipe.items():
@@ -87,6 +91,10 @@ class TrainConfig:
             values["weight_decay"] = DEFAULT_WEIGHT_DECAY[values["optimizer"]]
         values["name"] = self.name or self.arch.replace("/", "_")
         values["aug"] = parse_aug(values["aug"] or default_aug(n_train, img_size)).describe()
+        values["loader"] = resolve_loader(self.loader, has_cache)
+        values["workers"] = default_workers() if self.workers is None else self.workers
+        if values["workers"] < 0:
+            raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)
 
 
@@ -96,49 +104,6 @@ def pick_precision(requested: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-class Images:
-    """uint8 (N, H, W, C) images on the device -> normalised float (B, C, H, W) channels_last."""
-
-    def __init__(self, array: np.ndarray, device: torch.device, mean=None, std=None):
-        self.u8 = torch.from_numpy(np.array(array, copy=True)).to(device)  # a memmap slice is read-only
-        if mean is None:
-            sample = self.u8[:: max(1, len(self.u8) // 5000)].float() / 255
-            mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).clamp_min(1e-3).tolist()
-        self.set_stats(mean, std)
-
-    def set_stats(self, mean, std) -> None:
-        self.mean, self.std = mean, std
-        self._mean = torch.tensor(mean, device=self.u8.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(std, device=self.u8.device).view(1, -1, 1, 1)
-
-    def __len__(self):
-        return len(self.u8)
-
-    def batch(self, index) -> torch.Tensor:
-        x = self.u8[index].permute(0, 3, 1, 2).float().div_(255)
-        return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def predict_logits(model, images: Images, tta: str, device, precision, batch_size=1024, desc=None) -> np.ndarray:
-    """Logits for every image, averaged over the TTA views with their weights."""
-    model.eval()
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
-                      disable=None if desc else True):
-        x = images.batch(slice(start, start + batch_size))
-        with autocast(device, precision):
-            logits = sum(w * model(view).float() for w, view in tta_views(x, tta))
-        out.append(logits.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
@@ -180,8 +145,7 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     Under DDP only rank 0 validates, writes and returns the metrics; the other ranks return {}."""
     ctx = init_from_env(cfg.device)
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
-    img_size = prepared.train_images.shape[1]
-    cfg = cfg.resolved(int((~in_fold).sum()), img_size)
+    cfg = cfg.resolved(int((~in_fold).sum()), prepared.image_size, prepared.has_cache)
     out = fold_dir(cfg.workdir, cfg.name, cfg.fold)
     if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
         raise CompError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
@@ -204,28 +168,23 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     device = ctx.device
     precision = pick_precision(cfg.precision, device)
     label_map = prepared.label_map
-    y_all = label_map.encode(list(prepared.folds.label))
+    y_val = label_map.encode(list(prepared.folds.label[in_fold]))
     n_train, n_val = int((~in_fold).sum()), int(in_fold.sum())
+    batch_size = local_batch_size(cfg.batch_size, ctx.world_size)  # --batch-size is global
     rows = shard(np.flatnonzero(~in_fold), cfg.seed, ctx.rank, ctx.world_size)  # all of them on one process
-    train_images = Images(prepared.train_images[rows], device)
-    train_images.set_stats(*broadcast_object((train_images.mean, train_images.std)))  # rank 0's on every rank
-    val_images = Images(prepared.train_images[in_fold], device, train_images.mean, train_images.std) \
-        if ctx.is_main else None
-    y_train = torch.from_numpy(y_all[rows]).to(device)
-    y_val = y_all[in_fold]
-    img_size = prepared.train_images.shape[1]
+    feed = make_feed(cfg.loader, prepared, device, train_rows=rows, val_rows=np.flatnonzero(in_fold), aug=cfg.aug,
+                     batch_size=batch_size, eval_batch_size=cfg.eval_batch_size, workers=cfg.workers)
+    img_size = prepared.image_size
 
     model = create_model(cfg.arch, num_classes=label_map.num_classes, in_chans=3, img_size=img_size,
                          **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if hasattr(model, "init_from_data"):  # on each rank's shard; DDP then copies rank 0's result
-        model.init_from_data(train_images.batch(torch.randperm(len(train_images), device=device)[:5000]))
+        model.init_from_data(feed.sample(5000))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale)
     lookahead = Lookahead(model) if cfg.ema else None
     plateau = Plateau()
-    augment = parse_aug(cfg.aug)
-    batch_size = local_batch_size(cfg.batch_size, ctx.world_size)  # --batch-size is global
     steps_per_epoch = max(1, n_train // ctx.world_size // batch_size)  # the smallest shard's, on every rank
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     step_models = StepModel(model, ctx, cfg.compile)  # DDP around the model under torchrun
@@ -242,13 +201,14 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
               "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
               "n_train": n_train, "n_val": n_val, "total_steps": total_steps,
-              "mean": train_images.mean, "std": train_images.std, "world_size": ctx.world_size}
+              "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
     if ctx.is_main:
         write_json(out / "config.json", config)
     writer = _tensorboard(out) if ctx.is_main else None
     ddp = f", DDP {ctx.world_size} x batch {batch_size}" if ctx.enabled else ""
+    files = f", image files via {cfg.workers} loader workers" if cfg.loader == "albu" else ""
     ctx.print(f"train {cfg.name} fold {cfg.fold}: {n_train} train / {n_val} val images, "
-              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {device} {precision}, aug {cfg.aug}{ddp}")
+              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {device} {precision}, aug {cfg.aug}{ddp}{files}")
 
     while state["step"] < total_steps:
         epoch = state["epoch"]
@@ -257,14 +217,11 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         step_model = step_models.current()  # DDP is rebuilt if the hook froze a parameter
         model.train()
         started = time.time()
-        order = torch.randperm(len(train_images), device=device)
         n_steps = min(steps_per_epoch, total_steps - state["step"])
-        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", unit="step",
-                   leave=False, disable=None if ctx.is_main else True)
+        bar = tqdm(feed.train_batches(n_steps), total=n_steps, desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}",
+                   unit="step", leave=False, disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for i in bar:
-            index = order[i * batch_size:(i + 1) * batch_size]
-            x, target = augment(train_images.batch(index), y_train[index], label_map.num_classes)
+        for x, target in bar:
             multiplier = lr_multiplier(cfg.schedule, state["step"], total_steps) * plateau.multiplier
             set_lr(optimizer, multiplier)
             with autocast(device, precision):
@@ -278,10 +235,10 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
             state["step"] += 1
             if lookahead:
                 lookahead.step(state["step"], total_steps)
-            loss_sum += loss.detach() * len(index)
+            loss_sum += loss.detach() * len(x)
             hard = target if target.ndim == 1 else target.argmax(1)
             correct += (logits.detach().argmax(1) == hard).sum()
-            seen += len(index)
+            seen += len(x)
         if lookahead:
             lookahead.finish_epoch()
         train_seconds = time.time() - started
@@ -289,7 +246,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         loss_sum, correct, seen = all_reduce_sum(totals).tolist()  # over all ranks
         stop = False
         if ctx.is_main:  # validation and every file are rank 0's; the others wait for its decision
-            val_logits = predict_logits(eval_model, val_images, "none", device, precision, cfg.eval_batch_size)
+            val_logits = feed.predict(eval_model, "val", "none", precision)
             val = scores(val_logits, y_val, label_map.num_classes)
             if cfg.schedule == "plateau":
                 plateau.step(val["log_loss"])
@@ -320,15 +277,14 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     if not ctx.is_main:
         return {}
     model.load_state_dict(best_weights)
-    return _finish(cfg, config, model, prepared, val_images, y_val, in_fold, out, device, precision, state, writer)
+    return _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer)
 
 
-def _finish(cfg, config, model, prepared, val_images, y_val, in_fold, out, device, precision, state, writer) -> dict:
+def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer) -> dict:
     """Best weights -> TTA logits for the fold's rows and the test set; metrics.json last."""
     started = time.time()
-    test_images = Images(prepared.test_images, device, val_images.mean, val_images.std)
-    oof_logits = predict_logits(model, val_images, cfg.tta, device, precision, cfg.eval_batch_size, "predict oof")
-    test_logits = predict_logits(model, test_images, cfg.tta, device, precision, cfg.eval_batch_size, "predict test")
+    oof_logits = feed.predict(model, "val", cfg.tta, precision, "predict oof")
+    test_logits = feed.predict(model, "test", cfg.tta, precision, "predict test")
     num_classes = prepared.label_map.num_classes
     metrics = scores(oof_logits, y_val, num_classes)
     plain = state["history"][state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}

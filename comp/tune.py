@@ -79,7 +79,7 @@ def tune(opts: TuneOptions):
     if not 0 <= opts.fold < n_folds:
         raise CompError(f"--fold {opts.fold}: folds.csv has folds 0..{n_folds - 1}")
     fixed = {"epochs": opts.epochs} if opts.epochs is not None else None
-    space = build_space(opts.arch, prepared.train_images.shape[1], opts.space, fixed)
+    space = build_space(opts.arch, prepared.image_size, opts.space, fixed)
     name = opts.study or study_name(opts.arch, opts.fold)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table replaces optuna's per-trial log lines
     study = open_study(name, opts.storage, opts.workdir,

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from comp.feed import Images  # noqa: E402
 from comp.folds import load_prepared  # noqa: E402
 from comp.models import create_model, model_info  # noqa: E402
 from comp.optim import build_optimizer  # noqa: E402
-from comp.train import BASE_RECIPE, Images, TrainConfig, autocast, pick_device, pick_precision, train_fold  # noqa: E402
+from comp.train import BASE_RECIPE, TrainConfig, autocast, pick_device, pick_precision, train_fold  # noqa: E402
 
 
 def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision, recipe) -> float:

@@ -1,0 +1,294 @@
+"""Where `comp train` and `comp predict` get their batches: the image cache, or the image files.
+
+cache  (`comp prepare` wrote folds/cache/): a split's rows are copied to the training device as
+       uint8 once; each batch is indexed, normalised and augmented there as whole-batch tensor
+       ops (comp/augment.py), so the model, not a loader, is the bottleneck.
+albu   (`comp prepare --no-cache`, images too large to cache): DataLoader workers read each file,
+       resize it and run the per-image albumentations pipeline (comp/augment_albu.py) with the
+       same augmentation names; cutmix/mixup mix pairs of images, so they still run on the batch.
+
+Both feeds give normalised float (B, C, H, W) channels_last batches on the device:
+
+    feed = make_feed("cache", prepared, device, train_rows=rows, val_rows=val_rows, aug="flip")
+    for x, target in feed.train_batches(n_steps): ...        # augmented, one epoch's worth
+    logits = feed.predict(model, "val", "flip", precision)   # "val" or "test", with TTA views
+
+Normalisation statistics come from the training rows: the cache feed measures up to 5000
+cached images; the albu feed decodes an evenly spaced sample of up to 1000 training files once
+(resized like training images). Measuring instead of using ImageNet's values keeps the two
+feeds' normalisation the same, so runs from either blend alike and fastnet's data-derived
+whitening sees the same inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .augment import BatchAugment, parse_aug, tta_views
+from .distributed import run_on_main
+from .io import CompError
+
+LOADERS = ("auto", "cache", "albu")
+BATCH_ONLY = ("cutmix", "mixup")  # mix pairs of images: no per-image counterpart
+STATS_IMAGES = 1000  # files the albu feed decodes to measure mean/std
+SAMPLE_VALUES = 5000 * 3 * 32 * 32  # sample(): at most the floats of 5000 CIFAR images
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def resolve_loader(requested: str, has_cache: bool, who: str | None = None) -> str:
+    """'auto' -> 'cache' when `comp prepare` wrote a cache, else 'albu'; refuses 'cache' without one."""
+    if requested not in LOADERS:
+        raise CompError(f"--loader {requested}: choose one of {', '.join(LOADERS)}")
+    if requested == "auto":
+        return "cache" if has_cache else "albu"
+    if requested == "cache" and not has_cache:
+        raise CompError(f"{who or '--loader cache'} needs the image cache, but folds/prepare.json has none "
+                        f"(it was prepared with --no-cache): re-run `comp prepare` without --no-cache, "
+                        f"or train with --loader albu")
+    return requested
+
+
+def make_feed(loader: str, prepared, device: torch.device, stats=None, **kwargs):
+    """A CacheFeed or AlbuFeed (kwargs: train_rows, val_rows, aug, batch_size, eval_batch_size,
+    workers). stats: (mean, std); without them they are measured on the training rows, under DDP
+    on rank 0's shard and sent to every rank (all ranks must normalise alike)."""
+    feed = {"cache": CacheFeed, "albu": AlbuFeed}[loader](prepared, device, **kwargs)
+    feed.set_stats(*(stats or run_on_main(feed.train_stats)))
+    return feed
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_logits(model, batches, tta: str, device, precision, desc=None) -> np.ndarray:
+    """Logits for every image of `batches`, averaged over the TTA views with their weights."""
+    model.eval()
+    out = []
+    for x in tqdm(batches, desc=desc, leave=False, disable=None if desc else True):
+        with autocast(device, precision):
+            logits = sum(w * model(view).float() for w, view in tta_views(x, tta))
+        out.append(logits.float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+class _Batches:
+    """Re-iterable and sized (tqdm shows a total), computed lazily."""
+
+    def __init__(self, make_iter, n: int):
+        self.make_iter, self.n = make_iter, n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(self.make_iter())
+
+
+class _Feed:
+    """What both feeds share. Splits: "train" and "val" are rows of folds.csv, "test" all of test.csv.
+
+    Each feed offers train_stats() -> (mean, std), train_batches(n_steps) -> (x, target) augmented,
+    eval_batches(split) -> x, sample(n) -> x (unaugmented training images), and predict().
+    """
+
+    def __init__(self, prepared, device, train_rows=None, val_rows=None, aug="none", batch_size=128,
+                 eval_batch_size=1024, workers=None):
+        self.prepared, self.device = prepared, device
+        self.rows = {"train": train_rows, "val": val_rows}
+        self.aug, self.batch_size, self.eval_batch_size = aug, batch_size, eval_batch_size
+        self.workers = default_workers() if workers is None else workers
+        self.num_classes = prepared.label_map.num_classes
+        self.labels = prepared.label_map.encode(list(prepared.folds.label))
+        self.mean = self.std = None
+
+    def set_stats(self, mean, std) -> None:
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    def predict(self, model, split: str, tta: str, precision: str, desc=None) -> np.ndarray:
+        return predict_logits(model, self.eval_batches(split), tta, self.device, precision, desc)
+
+
+class Images:
+    """uint8 (N, H, W, C) images on the device -> normalised float (B, C, H, W) channels_last."""
+
+    def __init__(self, array: np.ndarray, device: torch.device, mean=None, std=None):
+        self.u8 = torch.from_numpy(np.array(array, copy=True)).to(device)  # a memmap slice is read-only
+        if mean is None:
+            sample = self.u8[:: max(1, len(self.u8) // 5000)].float() / 255
+            mean, std = sample.mean((0, 1, 2)).tolist(), sample.std((0, 1, 2)).clamp_min(1e-3).tolist()
+        self.set_stats(mean, std)
+
+    def set_stats(self, mean, std) -> None:
+        self.mean, self.std = mean, std
+        self._mean = torch.tensor(mean, device=self.u8.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, device=self.u8.device).view(1, -1, 1, 1)
+
+    def __len__(self):
+        return len(self.u8)
+
+    def batch(self, index) -> torch.Tensor:
+        x = self.u8[index].permute(0, 3, 1, 2).float().div_(255)
+        return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+
+
+class CacheFeed(_Feed):
+    """The uint8 cache; a split's rows go to the device on first use (under DDP only rank 0
+    validates, so the other ranks never hold the held-out fold)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.augment = parse_aug(self.aug)
+        self._images: dict[str, Images] = {}
+        self._y_train = None
+
+    def images(self, split: str) -> Images:
+        if split not in self._images:
+            array = self.prepared.test_images if split == "test" else self.prepared.train_images[self.rows[split]]
+            self._images[split] = Images(array, self.device, self.mean, self.std)
+        return self._images[split]
+
+    def train_stats(self):
+        images = self.images("train")  # measures its own statistics while mean is unset
+        return images.mean, images.std
+
+    def set_stats(self, mean, std) -> None:
+        super().set_stats(mean, std)
+        for images in self._images.values():
+            images.set_stats(self.mean, self.std)
+
+    def train_batches(self, n_steps: int):
+        images = self.images("train")
+        if self._y_train is None:
+            self._y_train = torch.from_numpy(self.labels[self.rows["train"]]).to(self.device)
+        order = torch.randperm(len(images), device=self.device)
+        for i in range(n_steps):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.augment(images.batch(index), self._y_train[index], self.num_classes)
+
+    def eval_batches(self, split: str) -> _Batches:
+        images, size = self.images(split), self.eval_batch_size
+        return _Batches(lambda: (images.batch(slice(s, s + size)) for s in range(0, len(images), size)),
+                        -(-len(images) // size))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """Up to n random training images, normalised, not augmented (fastnet's whitening)."""
+        images = self.images("train")
+        return images.batch(torch.randperm(len(images), device=self.device)[:n])
+
+
+class AlbuFeed(_Feed):
+    """Image files -> DataLoader workers (decode, per-image albumentations, normalise) -> device."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        ops = parse_aug(self.aug).ops
+        self.per_image = BatchAugment([(n, p) for n, p in ops.items() if n not in BATCH_ONLY]).describe()
+        self.augment = BatchAugment([(n, p) for n, p in ops.items() if n in BATCH_ONLY])
+        # Float batches of large images are big, and several wait in the workers' queues: the
+        # training batch (x2 without gradients) is known to fit.
+        self.eval_batch_size = min(self.eval_batch_size, 2 * self.batch_size)
+        self.size = self.prepared.image_size
+        self._loaders, self._paths = {}, {}
+
+    def set_stats(self, mean, std) -> None:
+        super().set_stats(mean, std)
+        self._loaders.clear()  # their transforms normalise with the old statistics
+
+    def paths(self, split: str) -> list[str]:
+        """Absolute paths of a split's files (folds.csv and test.csv hold them relative to the workdir)."""
+        if split in self._paths:
+            return self._paths[split]
+        table = self.prepared.test if split == "test" else self.prepared.folds.iloc[self.rows[split]]
+        paths = [os.path.join(self.prepared.workdir, p) for p in table.path]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            csv = "folds/test.csv" if split == "test" else "folds/folds.csv"
+            raise CompError(f"{len(missing)} image file(s) listed in {csv} are missing, e.g. {missing[0]}: "
+                            f"without a cache the files are read at training time, so keep the data where "
+                            f"`comp prepare` found it (paths are relative to the workdir) or re-run it")
+        self._paths[split] = paths
+        return paths
+
+    def transform(self, aug: str, mean=None, std=None):
+        from .augment_albu import build_albu_transform
+
+        transform = build_albu_transform(aug, self.size, self.mean if mean is None else mean,
+                                         self.std if std is None else std)
+        # Compose has its own generators: seed them from torch's so runs follow --seed (workers
+        # re-seed theirs in _seed_worker).
+        transform.set_random_seed(int(torch.randint(2**31, ())))
+        return transform
+
+    def loader(self, paths, labels, transform, batch_size: int, shuffle=False, persistent=False):
+        from torch.utils.data import DataLoader
+
+        from .augment_albu import AlbuImageDataset
+
+        return DataLoader(AlbuImageDataset(paths, labels, transform), batch_size=batch_size, shuffle=shuffle,
+                          drop_last=shuffle, num_workers=self.workers, worker_init_fn=_seed_worker,
+                          persistent_workers=persistent and self.workers > 0, pin_memory=self.device.type == "cuda")
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def train_stats(self):
+        """Per-channel mean/std (fractions of 255) of up to STATS_IMAGES evenly spaced training files."""
+        paths = self.paths("train")
+        pick = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), STATS_IMAGES)).round().astype(int))
+        loader = self.loader([paths[i] for i in pick], None, self.transform("none", (0, 0, 0), (1, 1, 1)), 64)
+        total, squares, n = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+        for x, _ in loader:
+            x = x.double()
+            total += x.sum((0, 2, 3))
+            squares += (x * x).sum((0, 2, 3))
+            n += x.numel() // 3
+        mean = total / n
+        var = (squares - n * mean * mean) / max(1, n - 1)  # unbiased, like the cache feed's torch.std
+        return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-3).tolist()
+
+    def train_batches(self, n_steps: int):
+        if "train" not in self._loaders:
+            rows = self.rows["train"]
+            # drop_last, but a shard smaller than the batch still gives one step (as the cache feed does)
+            self._loaders["train"] = self.loader(self.paths("train"), self.labels[rows], self.transform(self.per_image),
+                                                 min(self.batch_size, len(rows)), shuffle=True, persistent=True)
+        for x, y in itertools.islice(self._loaders["train"], n_steps):
+            yield self.augment(self._to_device(x), y.to(self.device, non_blocking=True), self.num_classes)
+
+    def eval_batches(self, split: str) -> _Batches:
+        if split not in self._loaders:  # validation runs every epoch: keep its workers
+            self._loaders[split] = self.loader(self.paths(split), None, self.transform("none"), self.eval_batch_size,
+                                               persistent=split == "val")
+        loader = self._loaders[split]
+        return _Batches(lambda: (self._to_device(x) for x, _ in loader), len(loader))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """Up to n random training images (fewer when large: see SAMPLE_VALUES), normalised, not augmented."""
+        paths = self.paths("train")
+        n = min(n, len(paths), max(32, SAMPLE_VALUES // (3 * self.size * self.size)))
+        pick = torch.randperm(len(paths))[:n].tolist()
+        loader = self.loader([paths[i] for i in pick], None, self.transform("none"), self.eval_batch_size)
+        return torch.cat([self._to_device(x) for x, _ in loader])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Compose's generators were created in the parent process: without this every forked worker
+    # would replay the same augmentation stream. torch gives each worker its own seed (the
+    # parent's RNG draws the base, + worker id), so runs stay reproducible.
+    from torch.utils.data import get_worker_info
+
+    transform = get_worker_info().dataset.transform
+    if transform is not None:
+        transform.set_random_seed(torch.initial_seed() % 2**32)
