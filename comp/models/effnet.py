@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import register_model
-from .layers import SqueezeExcite, conv_bn_act
+from .layers import SqueezeExcite, conv_bn_act, init_convs
 
 # (expand ratio, kernel, stride of first block, out channels, repeats)
 EFFNET_STAGES = [
@@ -64,11 +64,7 @@ class CustomEfficientNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_convs(self)
         nn.init.uniform_(self.classifier.weight, -1 / self.classifier.in_features ** 0.5,
                          1 / self.classifier.in_features ** 0.5)
         nn.init.zeros_(self.classifier.bias)

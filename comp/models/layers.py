@@ -32,3 +32,12 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
         return x * self.gate(self.expand(self.act(self.reduce(s))))
+
+
+def init_convs(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out) conv weights and zero conv biases, as torchvision's MobileNets do."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

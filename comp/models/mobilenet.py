@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from . import register_model
-from .layers import SqueezeExcite, conv_bn_act
+from .layers import SqueezeExcite, conv_bn_act, init_convs
 
 # kernel, expanded, out, SE, activation ("RE" ReLU | "HS" hard-swish), stride
 MBV3_SMALL_BLOCKS = [
@@ -84,12 +84,9 @@ class MobileNetV3Small(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
+        init_convs(self)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
