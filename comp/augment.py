@@ -296,6 +296,14 @@ def _memory_format(x):
     return torch.contiguous_format
 
 
+# Ops whose parameter is a length in pixels: it must stay below the image size.
+PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")
+
+
+def pixel_params(augment: "BatchAugment") -> dict:
+    return {n: p for n, p in augment.ops.items() if n in PIXEL_OPS}
+
+
 def parse_aug(spec, generator=None):
     """'flip, Translate:2 ,cutout:8' -> BatchAugment. '' or 'none' -> identity."""
     spec = (spec or "").strip()

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from torch.utils.data import Dataset, get_worker_info  # noqa: E402
 
 from comp.augment import parse_aug  # noqa: E402
+from comp.cache import load_rgb  # noqa: E402
 
 # cv2 reflect-101 ("dcb|abcd|cba") is what torch's F.pad(mode="reflect") does.
 _BORDERS = {"translate": cv2.BORDER_REFLECT_101, "translate_wrap": cv2.BORDER_WRAP,
@@ -75,16 +76,17 @@ def build_albu_transform(aug_string, img_size, mean, std):
 
 
 class AlbuImageDataset(Dataset):
-    """Images read from disk with cv2 (as 3-channel RGB: grayscale is expanded, alpha dropped),
-    transformed per image. Returns (float tensor (3, H, W), label); label -1 if labels is None
-    (unlabelled test sets). Safe with DataLoader workers."""
+    """Images read from disk with the cache's decoder (comp.cache.load_rgb: RGB, alpha composited
+    on white, bicubic resize to `size` when given), transformed per image. Returns (float tensor
+    (3, H, W), label); label -1 if labels is None (unlabelled test sets). Safe with DataLoader workers."""
 
-    def __init__(self, paths, labels=None, transform=None):
+    def __init__(self, paths, labels=None, transform=None, size: int | None = None):
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [os.fspath(p) for p in paths]
         self.labels = None if labels is None else [int(v) for v in labels]
         self.transform = transform
+        self.size = size
         self._threads_set = False
 
     def __len__(self):
@@ -98,10 +100,10 @@ class AlbuImageDataset(Dataset):
             cv2.setNumThreads(0)
             self._threads_set = True
         path = self.paths[i]
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise OSError(f"could not read image {path!r} (missing, unreadable or not an image)")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        try:
+            img = load_rgb(path, self.size)
+        except Exception as exc:  # PIL raises many types for broken files
+            raise OSError(f"could not read image {path!r} (missing, unreadable or not an image): {exc}") from None
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         if not torch.is_tensor(img):

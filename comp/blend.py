@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import ensemble
-from .folds import folds_dir
+from .folds import folds_dir, sample_submission_path, split_fingerprint
 from .io import CompError, read_json, write_csv, write_json
 from .labels import LabelMap
 from .runs import Run, find_runs
@@ -45,13 +45,25 @@ class Aligned:
     test_logits: np.ndarray  # (R, M, C)
 
 
-def check_label_maps(runs: list[Run], label_map: LabelMap) -> None:
-    """The index-versus-name guard: every run must have been trained on this exact label map."""
+def check_runs(runs: list[Run], label_map: LabelMap, split: str | None = None) -> None:
+    """The index-versus-name guard, fold by fold: every fold must have been trained on this exact
+    label map; and the split guard: on this fold split (`split`, from folds.csv), or its
+    "out-of-fold" rows would include rows it trained on."""
     wrong = [f"{r.name} ({r.label_hash})" for r in runs if r.label_hash != label_map.hash]
     if wrong:
         raise CompError(f"label map mismatch: folds/labels.json has hash {label_map.hash}, but run(s) "
                         f"{', '.join(wrong)} were trained with another class order; retrain them or "
                         f"leave them out with --runs")
+    for run in runs:
+        for f in run.folds:
+            if f.config.get("label_hash") != label_map.hash or f.oof_logits.shape[1] != label_map.num_classes:
+                raise CompError(f"{f.path}: trained with label map {f.config.get('label_hash')} and "
+                                f"{f.oof_logits.shape[1]} classes, but folds/labels.json has {label_map.hash} with "
+                                f"{label_map.num_classes}; retrain that fold or leave the run out with --runs")
+            if split and f.config.get("folds_fingerprint", split) != split:
+                raise CompError(f"{f.path}: trained on another fold split than folds/folds.csv (prepared again "
+                                f"with another --seed or --folds?), so its out-of-fold rows include rows it "
+                                f"trained on; retrain it or leave the run out with --runs")
 
 
 def align(runs: list[Run], test_ids: np.ndarray) -> Aligned:
@@ -111,13 +123,13 @@ def blend(opts: BlendOptions) -> Path:
     prepare_info = read_json(folds_dir(workdir) / "prepare.json")
     test_ids = pd.read_csv(folds_dir(workdir) / "test.csv", dtype={"id": str}, keep_default_na=False).id.to_numpy()
     runs = find_runs(workdir, opts.runs)
-    check_label_maps(runs, label_map)
+    check_runs(runs, label_map, current_split(workdir))
     aligned = align(runs, test_ids.astype(str))
     per_run = run_scores(aligned, label_map.num_classes)
     for row in per_run:
         print(f"  run {row['run']:<24} folds {row['folds']}  OOF accuracy {row['accuracy']:.4f}  "
               f"macro-F1 {row['macro_f1']:.4f}  log loss {row['log_loss']:.4f}  (TTA {row['tta']})")
-    fit_opts = dict(temperature=opts.temperature, top=_parse_top(opts.top))
+    fit_opts = dict(temperature=opts.temperature, top=_parse_top(opts.top, len(runs)))
     if opts.method == "select":
         fit_opts["metric"] = opts.metric
     result, blender, _ = score_blend(aligned, opts.method, label_map.num_classes, **fit_opts)
@@ -129,7 +141,7 @@ def blend(opts: BlendOptions) -> Path:
 
     test_scores = blender.predict(aligned.test_logits)
     name = opts.name or f"{opts.method}_{len(runs)}runs"
-    sample_path = Path(prepare_info["layout"]["sample_submission"])
+    sample_path = sample_submission_path(workdir)
     submission = make_submission(test_ids, test_scores.argmax(1), label_map, sample_path, prepare_info["layout"])
     out = workdir / "submissions" / f"{name}.csv"
     validate_submission(submission, sample_path, label_map)
@@ -138,6 +150,11 @@ def blend(opts: BlendOptions) -> Path:
                                           "runs": per_run, "label_hash": label_map.hash, "rows": len(submission)})
     print(f"wrote {out} ({len(submission)} rows); send it with:\n  {kaggle_command(out, result)}")
     return out
+
+
+def current_split(workdir) -> str:
+    folds = pd.read_csv(folds_dir(workdir) / "folds.csv", dtype=str, keep_default_na=False)
+    return split_fingerprint(folds)
 
 
 def make_submission(test_ids, indices, label_map: LabelMap, sample_path: Path, layout: dict) -> pd.DataFrame:
@@ -151,7 +168,11 @@ def make_submission(test_ids, indices, label_map: LabelMap, sample_path: Path, l
     return out
 
 
-def _parse_top(top):
+def _parse_top(top, n_runs: int):
     if top is None:
         return None
+    try:
+        ensemble.top_runs([0.0] * n_runs, top)  # validates "30%" / K against the number of runs
+    except ValueError as exc:
+        raise CompError(f"--top {top}: {exc}") from None
     return top if str(top).endswith("%") else int(top)

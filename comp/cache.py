@@ -41,8 +41,9 @@ def choose_size(sizes) -> int:
     return counts.most_common(1)[0][0]
 
 
-def load_rgb(path: str, size: int) -> np.ndarray:
-    """Decode one image to (size, size, 3) uint8, whatever its mode (L, RGBA, P, CMYK...)."""
+def load_rgb(path: str, size: int | None) -> np.ndarray:
+    """Decode one image to (size, size, 3) uint8 (size None: as it is), whatever its mode (L, RGBA, P,
+    CMYK...). The one decoder of comp: the cache and the per-image loader see the same pixels."""
     with Image.open(path) as img:
         img.load()  # forces a full decode so a truncated file fails here, not later
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -51,7 +52,7 @@ def load_rgb(path: str, size: int) -> np.ndarray:
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img)
         img = img.convert("RGB")
-        if img.size != (size, size):
+        if size and img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(img, dtype=np.uint8)
 

@@ -63,9 +63,12 @@ def _train(args):
 
 def _int(value, flag):
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise CompError(f"{flag} {value!r}: expected a number or 'all'") from None
+        number = -1
+    if number < 0:
+        raise CompError(f"{flag} {value!r}: expected a fold number (0, 1, ...) or 'all'")
+    return number
 
 
 def _blend(args):
@@ -84,7 +87,7 @@ def _predict(args):
     from .predict import predict_run
 
     folds = None if args.fold == "all" else [_int(args.fold, "--fold")]
-    predict_run(args.workdir, args.run, args.tta, folds, args.name, args.device)
+    predict_run(args.workdir, args.run, args.tta, folds, args.name, args.device, force=args.force)
 
 
 def _submit(args):
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"])
     p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
     p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
+    p.add_argument("--force", action="store_true", help="overwrite a complete re-predicted run")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
 

@@ -236,7 +236,8 @@ class AlbuFeed(_Feed):
 
         from .augment_albu import AlbuImageDataset
 
-        return DataLoader(AlbuImageDataset(paths, labels, transform), batch_size=batch_size, shuffle=shuffle,
+        return DataLoader(AlbuImageDataset(paths, labels, transform, self.size), batch_size=batch_size,
+                          shuffle=shuffle,
                           drop_last=shuffle, num_workers=self.workers, worker_init_fn=_seed_worker,
                           persistent_workers=persistent and self.workers > 0, pin_memory=self.device.type == "cuda")
 

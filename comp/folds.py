@@ -60,6 +60,23 @@ def ids_fingerprint(ids) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
 
 
+def sample_submission_path(workdir) -> Path:
+    """The sample submission as prepare copied it into folds/ (older preparations: the original)."""
+    copy = folds_dir(workdir) / "sample_submission.csv"
+    if copy.exists():
+        return copy
+    original = Path(read_json(folds_dir(workdir) / "prepare.json")["layout"]["sample_submission"])
+    if not original.exists():
+        raise CompError(f"{original} (the sample submission) is gone; re-run `comp prepare`")
+    return original
+
+
+def split_fingerprint(folds: pd.DataFrame) -> str:
+    """Changes when any row moves to another fold: a run trained on one split must never be
+    scored or resumed on another (its "out-of-fold" rows would include training rows)."""
+    return ids_fingerprint(folds.id.astype(str) + ":" + folds.fold.astype(str))
+
+
 def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> dict:
     started = time.time()
     if opts.folds < 2:
@@ -82,29 +99,21 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
     size = opts.size or cache_mod.choose_size(train["size"])
-    # Without a cache the images are still decoded once: truncated files fail here, not mid-training.
-    train_cache = out / "cache" / f"train_{size}.npy" if opts.cache else None
-    test_cache = out / "cache" / f"test_{size}.npy" if opts.cache else None
-    verb = "caching" if opts.cache else "checking"
-    bad, train_hashes = cache_mod.build_cache(list(train.path), size, train_cache, f"{verb} train")
-    if bad:
-        decode_problems = cache_mod.problems_from_rows(bad, train)
-        if not opts.skip_bad:
-            _unlink(train_cache)
-            _raise_problems(decode_problems)
-        problems += decode_problems
-        keep = np.setdiff1d(np.arange(len(train)), [row for row, _ in bad])
-        if train_cache:
-            _compact_cache(train_cache, keep)
-        train = train.iloc[keep].reset_index(drop=True)
-        train_hashes = [train_hashes[i] for i in keep]
-    bad, test_hashes = cache_mod.build_cache(list(test.path), size, test_cache, f"{verb} test")
-    if bad:
-        _unlink(test_cache)
-        _raise_problems(cache_mod.problems_from_rows(bad, test.assign(where="test"), "test"))
-
-    sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
-    label_map = build_label_map(train.label, sample[layout.sub_label_col])
+    # Caches are built under staging names and renamed only once everything has passed, so a
+    # failed or killed prepare leaves the previous preparation whole.
+    final = {split: out / "cache" / f"{split}_{size}.npy" for split in ("train", "test")} if opts.cache else {}
+    staging = {split: path.with_name(f".staging-{path.name}") for split, path in final.items()}
+    try:
+        train, train_hashes, test_hashes = _decode_all(train, test, layout, size, staging, opts, problems)
+        sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
+        label_map = build_label_map(train.label, sample[layout.sub_label_col])
+        (out / "prepare.json").unlink(missing_ok=True)  # from here on the old preparation is being replaced
+        for split, path in staging.items():
+            os.replace(path, final[split])
+    finally:
+        for path in staging.values():
+            path.unlink(missing_ok=True)
+    train_cache, test_cache = final.get("train"), final.get("test")
     train["fold"] = assign_folds(train.label, opts.folds, opts.seed)
 
     def rel(p):  # paths relative to the workdir keep folds/ portable with the data
@@ -123,10 +132,32 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     # labels.json last but one and prepare.json last: train checks prepare.json exists.
     write_csv(out / "folds.csv", folds_table)
     write_csv(out / "test.csv", test_table)
+    write_csv(out / "sample_submission.csv", sample)  # blend and submit read this copy: folds/ stays portable
     label_map.save(out / "labels.json")
     write_json(out / "prepare.json", summary)
     print_summary(summary)
     return summary
+
+
+def _decode_all(train, test, layout, size, staging, opts, problems):
+    """Decode every image once (into the staging caches, or only to check it with --no-cache)."""
+    verb = "caching" if opts.cache else "checking"
+    bad, train_hashes = cache_mod.build_cache(list(train.path), size, staging.get("train"), f"{verb} train")
+    if bad:
+        decode_problems = cache_mod.problems_from_rows(bad, train)
+        if not opts.skip_bad:
+            _raise_problems(decode_problems)
+        problems += decode_problems
+        keep = np.setdiff1d(np.arange(len(train)), [row for row, _ in bad])
+        if staging:
+            _compact_cache(staging["train"], keep)
+        train = train.iloc[keep].reset_index(drop=True)
+        train_hashes = [train_hashes[i] for i in keep]
+    bad, test_hashes = cache_mod.build_cache(list(test.path), size, staging.get("test"), f"{verb} test")
+    if bad:
+        where = [f"{layout.sample_submission.name} row {i + 2}" for i in range(len(test))]
+        _raise_problems(cache_mod.problems_from_rows(bad, test.assign(where=where), "test"), can_skip=False)
+    return train, train_hashes, test_hashes
 
 
 def _fail_on_test_problems(problems: list[Problem]) -> None:
@@ -160,11 +191,6 @@ def _raise_problems(problems: list[Problem], can_skip: bool = True) -> None:
     hint = "\nFix these rows, or re-run with --skip-bad to drop them (they are listed in prepare.json)." \
         if can_skip else "\nThe test set must be complete: fix these files."
     raise CompError(f"{len(problems)} problem(s) in the input; nothing was written:\n{shown}{more}{hint}")
-
-
-def _unlink(path: Path | None) -> None:
-    if path is not None:
-        path.unlink(missing_ok=True)
 
 
 def _compact_cache(path: Path, keep: np.ndarray) -> None:

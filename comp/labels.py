@@ -27,7 +27,9 @@ def natural_key(name: str):
 
 
 def natural_sorted(names) -> list[str]:
-    return sorted(names, key=natural_key)
+    # the name itself breaks ties ("01" vs "1", "Cat" vs "cat"): the order must never depend on
+    # the order the names arrived in
+    return sorted(names, key=lambda name: (natural_key(name), name))
 
 
 @dataclass(frozen=True)

@@ -5,33 +5,37 @@ blend can measure exactly what TTA gains on out-of-fold rows.
 """
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import torch
 
-from .folds import load_prepared
-from .io import CompError, read_json, write_json, write_npz
+from .folds import load_prepared, split_fingerprint
+from .io import CompError, read_json, write_json, write_npz, write_text
 from .models import create_model
-from .runs import fold_dir, is_complete, runs_root
+from .runs import RunLock, fold_dir, is_complete, runs_root
 from .feed import make_feed, resolve_loader
 from .train import pick_device, pick_precision, scores
 
 
 def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, new_name: str | None = None,
-                device: str = "auto", batch_size: int = 1024) -> list[dict]:
+                device: str = "auto", batch_size: int = 1024, force: bool = False) -> list[dict]:
     prepared = load_prepared(workdir)
     run_folds = sorted(int(p.name[4:]) for p in (runs_root(workdir) / name).glob("fold*")
                        if is_complete(p)) if (runs_root(workdir) / name).exists() else []
     if not run_folds:
         raise CompError(f"no complete folds of run {name!r} under {runs_root(workdir)}")
     new_name = new_name or f"{name}_tta-{tta.replace('+', '')}"
+    if new_name == name:
+        raise CompError(f"--name {new_name}: the new run needs another name than the run it re-predicts")
     results = []
     for k in folds if folds is not None else run_folds:
         if k not in run_folds:
             raise CompError(f"run {name!r} has no complete fold {k} (complete: {run_folds})")
-        results.append(_predict_fold(prepared, fold_dir(workdir, name, k), fold_dir(workdir, new_name, k),
-                                     tta, device, batch_size))
+        dst = fold_dir(workdir, new_name, k)
+        if is_complete(dst) and not force:
+            raise CompError(f"{dst} is already complete; pass --force to predict it again")
+        with RunLock(dst):
+            (dst / "metrics.json").unlink(missing_ok=True)  # not complete until rewritten
+            results.append(_predict_fold(prepared, fold_dir(workdir, name, k), dst, tta, device, batch_size))
     return results
 
 
@@ -40,6 +44,9 @@ def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
     if config["label_hash"] != prepared.label_map.hash:
         raise CompError(f"{src} was trained with label map {config['label_hash']}, folds/ has "
                         f"{prepared.label_map.hash}; retrain it")
+    if config.get("folds_fingerprint", split_fingerprint(prepared.folds)) != split_fingerprint(prepared.folds):
+        raise CompError(f"{src} was trained on another fold split than folds/folds.csv (prepared again with "
+                        f"another --seed or --folds?); its fold rows would include training rows: retrain it")
     device = pick_device(device_name)
     precision = pick_precision(config.get("precision", "auto"), device)
     checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
@@ -57,8 +64,7 @@ def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
     y = prepared.label_map.encode(list(prepared.folds.label[in_fold]))
     metrics = {**read_json(src / "metrics.json"), **scores(oof_logits, y, prepared.label_map.num_classes),
                "tta": tta, "predicted_from": str(src)}
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / "history.csv", dst / "history.csv")
+    write_text(dst / "history.csv", (src / "history.csv").read_text())
     write_json(dst / "config.json", {**config, "name": dst.parent.name, "tta": tta})
     write_npz(dst / "oof.npz", ids=prepared.folds.id.to_numpy()[in_fold].astype(str), logits=oof_logits,
               labels=y, fold=np.full(len(y), config["fold"]))

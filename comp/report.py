@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
 from . import ensemble, plots
-from .blend import METHODS, Aligned, align, check_label_maps, run_scores, score_blend
+from .blend import METHODS, Aligned, align, check_runs, current_split, run_scores, score_blend
 from .folds import folds_dir, ids_fingerprint
 from .io import CompError, write_csv, write_text
 from .labels import LabelMap
@@ -51,7 +51,7 @@ def report(opts: ReportOptions) -> dict:
     label_map = LabelMap.load(folds_dir(workdir) / "labels.json")
     test_ids = _test_ids(workdir)
     runs = find_runs(workdir, opts.runs)
-    check_runs(runs, label_map)
+    check_runs(runs, label_map, current_split(workdir))
     class_names = list(label_map.classes)
     notes: list[str] = []
 
@@ -113,17 +113,6 @@ def _test_ids(workdir: Path) -> np.ndarray:
     if not path.exists():
         raise CompError(f"{path} not found: run `comp prepare --data ...` in {workdir.resolve()}")
     return pd.read_csv(path, dtype={"id": str}, keep_default_na=False).id.to_numpy().astype(str)
-
-
-def check_runs(runs: list[Run], label_map: LabelMap) -> None:
-    """Refuse any run (or any single fold) trained with another class order or class count."""
-    check_label_maps(runs, label_map)
-    for run in runs:
-        for f in run.folds:
-            if f.config.get("label_hash") != label_map.hash or f.oof_logits.shape[1] != label_map.num_classes:
-                raise CompError(f"{f.path}: trained with label map {f.config.get('label_hash')} and "
-                                f"{f.oof_logits.shape[1]} classes, but folds/labels.json has {label_map.hash} with "
-                                f"{label_map.num_classes}; retrain that fold or leave the run out with --runs")
 
 
 def leaderboard(runs: list[Run], num_classes: int) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .folds import sample_submission_path
 from .io import CompError, read_json
 from .labels import LabelMap
 
@@ -86,7 +87,7 @@ def submit(csv_path, competition: str, message: str | None = None, dry_run: bool
     csv_path, workdir = Path(csv_path), Path(workdir)
     prepare_info = read_json(workdir / "folds" / "prepare.json")
     label_map = LabelMap.load(workdir / "folds" / "labels.json")
-    validate_submission(csv_path, prepare_info["layout"]["sample_submission"], label_map)
+    validate_submission(csv_path, sample_submission_path(workdir), label_map)
     blend_info = csv_path.with_suffix(".json")
     message = message or default_message(read_json(blend_info)["blend"] if blend_info.exists() else None)
     print(f"{csv_path}: valid ({prepare_info['test_images']} rows, labels from folds/labels.json)")

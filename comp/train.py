@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import default_aug, parse_aug
+from .augment import default_aug, parse_aug, pixel_params
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import accuracy, log_loss, macro_f1, softmax
 from .feed import autocast, default_workers, make_feed, resolve_loader
-from .folds import Prepared, load_prepared
+from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model, model_info
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
@@ -82,7 +82,10 @@ class TrainConfig:
     grad_clip: float | None = None
 
     def resolved(self, n_train: int, img_size: int, has_cache: bool = True) -> "TrainConfig":
-        recipe = {**BASE_RECIPE, **model_info(self.arch)["recipe"]}
+        try:
+            recipe = {**BASE_RECIPE, **model_info(self.arch)["recipe"]}
+        except ValueError as exc:
+            raise CompError(f"--arch: {exc}") from None
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for key, default in recipe.items():
             if values.get(key) is None:
@@ -90,7 +93,17 @@ class TrainConfig:
         if values["weight_decay"] is None:
             values["weight_decay"] = DEFAULT_WEIGHT_DECAY[values["optimizer"]]
         values["name"] = self.name or self.arch.replace("/", "_")
-        values["aug"] = parse_aug(values["aug"] or default_aug(n_train, img_size)).describe()
+        try:
+            augment = parse_aug(values["aug"] or default_aug(n_train, img_size))
+        except ValueError as exc:
+            raise CompError(f"--aug: {exc}") from None
+        values["aug"] = augment.describe()
+        for op, pixels in pixel_params(augment).items():
+            if pixels >= img_size:
+                raise CompError(f"--aug {op}:{pixels}: must be smaller than the {img_size}px images")
+        for key in ("epochs", "lr", "batch_size"):
+            if not values[key] > 0 or not math.isfinite(values[key]):
+                raise CompError(f"--{key.replace('_', '-')} {values[key]}: must be a positive number")
         values["loader"] = resolve_loader(self.loader, has_cache)
         values["workers"] = default_workers() if self.workers is None else self.workers
         if values["workers"] < 0:
@@ -160,6 +173,9 @@ def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     lock.enter_context(RunLock(out))
+    if cfg.force and not cfg.resume:  # metrics.json first: the folder stops counting as complete at once
+        for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
+            (out / name).unlink(missing_ok=True)
 
 
 def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path, on_epoch,
@@ -192,16 +208,17 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
 
     state = dict(epoch=0, step=0, best_score=-math.inf, best_epoch=-1, bad_epochs=0, history=[])
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
+              "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
+              "folds_fingerprint": split_fingerprint(prepared.folds), "n_train": n_train, "n_val": n_val,
+              "total_steps": total_steps, "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
     ckpt = run_on_main(_read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
     if ckpt:
+        _check_resumable(ckpt.get("config", {}), config, out)
         state, best_weights = _load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device)
         if ctx.enabled:  # per-rank random streams are not checkpointed
             torch.manual_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
         ctx.print(f"resuming {out} at epoch {state['epoch']} (step {state['step']}/{total_steps})")
-    config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
-              "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
-              "n_train": n_train, "n_val": n_val, "total_steps": total_steps,
-              "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
     if ctx.is_main:
         write_json(out / "config.json", config)
     writer = _tensorboard(out) if ctx.is_main else None
@@ -241,6 +258,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
             seen += len(x)
         if lookahead:
             lookahead.finish_epoch()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # queued kernels belong to this epoch's time
         train_seconds = time.time() - started
         totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
         loss_sum, correct, seen = all_reduce_sum(totals).tolist()  # over all ranks
@@ -271,12 +290,14 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
             ctx.print(f"early stopping: no improvement for {cfg.patience} epochs; best epoch {state['best_epoch']}")
             state["step"] = total_steps
         if ctx.is_main:
-            _save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights)
+            _save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights, config)
             write_csv(out / "history.csv", pd.DataFrame(state["history"]))
 
     if not ctx.is_main:
         return {}
-    model.load_state_dict(best_weights)
+    if cfg.patience:  # early stopping restores the best epoch; that choice used the fold's labels
+        model.load_state_dict(best_weights)
+    state["weights_epoch"] = state["best_epoch"] if cfg.patience else state["epoch"]
     return _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer)
 
 
@@ -287,8 +308,9 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
     test_logits = feed.predict(model, "test", cfg.tta, precision, "predict test")
     num_classes = prepared.label_map.num_classes
     metrics = scores(oof_logits, y_val, num_classes)
-    plain = state["history"][state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}
+    plain = state["history"][state["weights_epoch"] - 1] if state["weights_epoch"] > 0 else {}
     metrics.update(tta=cfg.tta, accuracy_no_tta=plain.get("val_accuracy"), best_epoch=state["best_epoch"],
+                   weights_epoch=state["weights_epoch"], epoch_chosen_on_oof_labels=bool(cfg.patience),
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
                    n_oof=int(len(y_val)), n_test=int(len(test_logits)))
@@ -303,12 +325,24 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
         writer.close()
     print(f"{cfg.name} fold {cfg.fold}: OOF accuracy {metrics['accuracy']:.4f} (TTA {cfg.tta}; "
           f"no TTA {metrics['accuracy_no_tta']}), macro-F1 {metrics['macro_f1']:.4f}, "
-          f"log loss {metrics['log_loss']:.4f}, best epoch {state['best_epoch']} -> {out}")
+          f"log loss {metrics['log_loss']:.4f}, weights of epoch {state['weights_epoch']} -> {out}")
     return metrics
 
 
-def _save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weights) -> None:
-    save_torch(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
+               "schedule", "bias_lr_scale", "ema", "aug", "img_size", "loader", "label_hash", "folds_fingerprint")
+
+
+def _check_resumable(saved: dict, now: dict, out: Path) -> None:
+    """A resumed run must continue the same recipe on the same split, or its record would lie."""
+    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    if changed:
+        raise CompError(f"{out}: cannot resume with a different recipe or split ({'; '.join(changed)}); "
+                        f"resume with the original flags, or --force to start over")
+
+
+def _save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weights, config) -> None:
+    save_torch(path, {"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "lookahead": lookahead.state_dict() if lookahead else None,
                       "plateau": plateau.state_dict(), "state": state, "best_weights": best_weights,
                       "rng": torch.get_rng_state(),

@@ -9,7 +9,7 @@ runs=("$@")
 comp() { "${PYTHON:-python3}" -m comp --workdir "$work" "$@"; }
 notta=()
 for run in "${runs[@]}"; do
-  comp predict --run "$run" --tta none > /dev/null
+  comp predict --run "$run" --tta none --force > /dev/null
   notta+=("${run}_tta-none")
 done
 for method in soft logit hard rank "select" "select --temperature" "select --metric accuracy" stack; do

@@ -120,6 +120,14 @@ def test_validate_submission_catches_each_mistake(tmp_path, workdir):
             validate_submission(frame, sample, label_map)
 
 
+def test_bad_top_is_a_clear_error(tmp_path, workdir, capsys):
+    numeric_competition(tmp_path, workdir, per_class=4)
+    write_fake_run(workdir, "perfect", one_hot)
+    for top in ("5", "0%", "abc"):
+        assert main(["blend", "--top", top]) == 2
+        assert f"--top {top}:" in capsys.readouterr().err
+
+
 def test_blend_needs_runs(tmp_path, workdir):
     numeric_competition(tmp_path, workdir, per_class=4)
     with pytest.raises(CompError, match="no complete runs"):

@@ -210,3 +210,25 @@ def test_missing_data_and_sample(tmp_path, workdir):
     (root / "sampleSubmission.csv").unlink()
     with pytest.raises(CompError, match="no sample submission"):
         run_prepare(root, workdir)
+
+
+def test_failed_prepare_leaves_the_previous_one_whole(tmp_path, workdir):
+    root = tmp_path / "again"
+    make_competition(root, "cifar", per_class=6, ext=".jpg")
+    run_prepare(root, workdir, folds=3)
+    before = {p.name: p.read_bytes() for p in (workdir / "folds").rglob("*") if p.is_file()}
+    data = (root / "test" / "2.jpg").read_bytes()
+    (root / "test" / "2.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompError, match=r"(?s)sampleSubmission.csv row 3 .*2\.jpg.*truncated.*test set must be complete"):
+        run_prepare(root, workdir, folds=3, seed=9)
+    after = {p.name: p.read_bytes() for p in (workdir / "folds").rglob("*") if p.is_file()}
+    assert after == before  # no staging leftovers, nothing replaced
+    load_prepared(workdir)
+
+
+def test_class_order_does_not_depend_on_arrival_order():
+    from comp.labels import build_label_map
+
+    names = ["cat", "Cat", "1", "01", "10", "2"]
+    orders = {build_label_map(perm).classes for perm in (names, names[::-1], sorted(names))}
+    assert orders == {("01", "1", "2", "10", "Cat", "cat")}

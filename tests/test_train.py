@@ -112,3 +112,50 @@ def test_trained_models_write_true_class_names(tmp_path, workdir):
     accuracy = (written.label == pd.Series(facts["test_labels"])).mean()
     assert accuracy >= 0.9, accuracy
     assert {"10", "11"} <= set(written.label)
+
+
+def test_bad_recipe_values_are_clear_errors(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=6)
+    base = dict(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=1)
+    for overrides, message in (({"aug": "flip:2"}, "--aug: "), ({"aug": "translate:16"}, "smaller than the 16px"),
+                               ({"arch": "nosuch"}, "--arch: unknown"), ({"epochs": 0}, "--epochs 0"),
+                               ({"lr": -1.0}, "--lr -1.0")):
+        with pytest.raises(CompError, match=message):
+            train(TrainConfig(**{**base, **overrides}))
+    assert not (workdir / "runs" / "custom_cnn" / "fold0" / "config.json").exists()
+
+
+def test_resume_refuses_another_recipe_and_force_unmarks_first(tmp_path, workdir):
+    from comp.folds import load_prepared
+    from comp.runs import is_complete
+    from comp.train import train_fold
+
+    prepared_workdir(tmp_path, workdir, per_class=6)
+    out = workdir / "runs" / "custom_cnn" / "fold0"
+    cfg = dict(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=3, patience=0)
+
+    def stop_after_first_epoch(row):  # raised in epoch 2, after epoch 1's checkpoint
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TrainConfig(**cfg), load_prepared(workdir), on_epoch=stop_after_first_epoch)
+    with pytest.raises(CompError, match=r"cannot resume with a different recipe.*epochs: 3 -> 5\)"):
+        train(TrainConfig(**{**cfg, "epochs": 5}, resume=True))
+    train(TrainConfig(**cfg, resume=True))
+    assert is_complete(out)
+    with pytest.raises(KeyboardInterrupt):  # --force: the old results stop counting at once
+        train_fold(TrainConfig(**cfg, force=True), load_prepared(workdir), on_epoch=stop_after_first_epoch)
+    assert not is_complete(out) and not (out / "oof.npz").exists()
+
+
+def test_runs_from_another_split_are_refused(tmp_path, workdir):
+    from comp.predict import predict_run
+
+    prepared_workdir(tmp_path, workdir, per_class=6)
+    train(TrainConfig(arch="custom_cnn", fold=-1, workdir=str(workdir), epochs=1))
+    prepare(PrepareOptions(str(tmp_path / "comp"), str(workdir), folds=2, seed=7))  # another split
+    with pytest.raises(CompError, match="another fold split"):
+        blend(BlendOptions(workdir=str(workdir)))
+    with pytest.raises(CompError, match="another fold split"):
+        predict_run(workdir, "custom_cnn", "none")
