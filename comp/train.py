@@ -324,7 +324,7 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
         writer.add_scalar("oof/accuracy_tta", metrics["accuracy"], state["epoch"])
         writer.close()
     print(f"{cfg.name} fold {cfg.fold}: OOF accuracy {metrics['accuracy']:.4f} (TTA {cfg.tta}; "
-          f"no TTA {metrics['accuracy_no_tta']}), macro-F1 {metrics['macro_f1']:.4f}, "
+          f"no TTA {metrics['accuracy_no_tta'] or float('nan'):.4f}), macro-F1 {metrics['macro_f1']:.4f}, "
           f"log loss {metrics['log_loss']:.4f}, weights of epoch {state['weights_epoch']} -> {out}")
     return metrics
 
