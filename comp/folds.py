@@ -117,7 +117,12 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train["fold"] = assign_folds(train.label, opts.folds, opts.seed)
 
     def rel(p):  # paths relative to the workdir keep folds/ portable with the data
-        return os.path.relpath(p, workdir) if p else ""
+        if not p:
+            return ""
+        try:
+            return os.path.relpath(p, workdir)
+        except ValueError:  # Windows: another drive has no relative path
+            return str(p)
 
     folds_table = pd.DataFrame({"id": train.id, "path": train.path.map(rel), "label": train.label,
                                 "fold": train.fold, "source": train.source})

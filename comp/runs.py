@@ -66,8 +66,8 @@ class RunLock:
             host, pid = self.path.read_text().split()
         except (OSError, ValueError):
             return True  # empty or unreadable: a writer died between create and write
-        if host != socket.gethostname():
-            return False
+        if host != socket.gethostname() or os.name == "nt":
+            return False  # another machine's process, or Windows (os.kill(pid, 0) would signal it)
         try:
             os.kill(int(pid), 0)
             return False

@@ -20,7 +20,6 @@ space is in tune_space.py. Outputs in <workdir>/tune/<study>/: best.json (what
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import socket
@@ -164,6 +163,11 @@ def _rdb_storage(url: str, kwargs: dict):
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; workers then race on creating the tables only
+        yield
+        return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
