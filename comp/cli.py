@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .io import CompError
@@ -102,9 +103,17 @@ def _demo(args):
     run_demo(args.workdir, args.epochs, args.folds)
 
 
+def _one_process(command: str) -> None:
+    # torchrun is for one run on several processes; a study or a grid is many independent runs
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CompError(f"comp {command} runs as one process per worker: start it without torchrun "
+                        f"(torchrun is for `comp train`)")
+
+
 def _tune(args):
     from .tune import TuneOptions, tune
 
+    _one_process("tune")
     tune(TuneOptions(args.arch, args.trials, args.fold, args.workdir, args.storage, args.study, args.space,
                      args.pruner, args.startup_trials, args.warmup_epochs, args.timeout, args.epochs,
                      args.sampler_seed, args.seed, args.device, args.precision))
@@ -113,6 +122,7 @@ def _tune(args):
 def _grid(args):
     from .grid import grid
 
+    _one_process("grid")
     recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "aug", "tta", "patience")}
     grid(args.archs, args.folds, args.workdir, seed=args.seed, device=args.device, precision=args.precision,
          **recipe)

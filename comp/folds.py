@@ -102,7 +102,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     # Caches are built under staging names and renamed only once everything has passed, so a
     # failed or killed prepare leaves the previous preparation whole.
     final = {split: out / "cache" / f"{split}_{size}.npy" for split in ("train", "test")} if opts.cache else {}
-    staging = {split: path.with_name(f".staging-{path.name}") for split, path in final.items()}
+    staging = {split: path.with_name(f".staging-{os.getpid()}-{path.name}") for split, path in final.items()}
     try:
         train, train_hashes, test_hashes = _decode_all(train, test, layout, size, staging, opts, problems)
         sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)

@@ -100,7 +100,7 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
         return {**row, "status": f"failed: {exc}"}
     except (ValueError, RuntimeError) as exc:  # a bad recipe for this model, out of memory ...
         return {**row, "status": f"failed: {type(exc).__name__}: {exc}"}
-    return {**row, "status": "trained", "accuracy": metrics["accuracy"], "seconds": round(time.time() - started, 1)}
+    return {**row, "status": "trained", "accuracy": metrics.get("accuracy"), "seconds": round(time.time() - started, 1)}
 
 
 def _accuracy(path) -> float | None:

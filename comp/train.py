@@ -173,7 +173,8 @@ def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     lock.enter_context(RunLock(out))
-    if cfg.force and not cfg.resume:  # metrics.json first: the folder stops counting as complete at once
+    resuming = cfg.resume and (out / "checkpoint.pt").exists()
+    if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
         for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
             (out / name).unlink(missing_ok=True)
 
@@ -214,7 +215,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
               "total_steps": total_steps, "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
     ckpt = run_on_main(_read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
     if ckpt:
-        _check_resumable(ckpt.get("config", {}), config, out)
+        run_on_main(_check_resumable, ckpt.get("config", {}), config, out)
         state, best_weights = _load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device)
         if ctx.enabled:  # per-rank random streams are not checkpointed
             torch.manual_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
@@ -324,18 +325,20 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
         writer.add_scalar("oof/accuracy_tta", metrics["accuracy"], state["epoch"])
         writer.close()
     print(f"{cfg.name} fold {cfg.fold}: OOF accuracy {metrics['accuracy']:.4f} (TTA {cfg.tta}; "
-          f"no TTA {metrics['accuracy_no_tta'] or float('nan'):.4f}), macro-F1 {metrics['macro_f1']:.4f}, "
+          f"no TTA {float('nan') if metrics['accuracy_no_tta'] is None else metrics['accuracy_no_tta']:.4f}), macro-F1 {metrics['macro_f1']:.4f}, "
           f"log loss {metrics['log_loss']:.4f}, weights of epoch {state['weights_epoch']} -> {out}")
     return metrics
 
 
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-               "schedule", "bias_lr_scale", "ema", "aug", "img_size", "loader", "label_hash", "folds_fingerprint")
+               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "model_kwargs", "img_size", "loader",
+               "label_hash", "folds_fingerprint")
 
 
 def _check_resumable(saved: dict, now: dict, out: Path) -> None:
     """A resumed run must continue the same recipe on the same split, or its record would lie."""
-    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+    # Only keys the checkpoint recorded: older checkpoints (no config, fewer keys) still resume.
+    changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in RESUME_KEYS if k in saved and saved[k] != now.get(k)]
     if changed:
         raise CompError(f"{out}: cannot resume with a different recipe or split ({'; '.join(changed)}); "
                         f"resume with the original flags, or --force to start over")

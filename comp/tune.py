@@ -208,8 +208,10 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val accuracy {accuracy:.4f} at epoch {row['epoch']}")
 
-        train_fold(cfg, self.prepared, on_epoch=on_epoch)
-        return max(scores)
+        metrics = train_fold(cfg, self.prepared, on_epoch=on_epoch)
+        # the weights training keeps: the best epoch with early stopping, else the last one
+        kept = metrics.get("accuracy_no_tta")
+        return kept if kept is not None else scores[-1]
 
 
 def print_table(study) -> None:

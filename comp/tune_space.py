@@ -165,7 +165,7 @@ def build_space(arch: str, img_size: int, space_file=None, fixed: dict | None = 
         space.update(from_file)
     for name, value in (fixed or {}).items():
         space[name] = Param(name, "fixed", value=value)
-    for name, limit in (("translate", img_size - 1), ("cutout", img_size)):  # augment.py would fail each trial
+    for name, limit in (("translate", img_size - 1), ("cutout", img_size - 1)):  # augment.py would fail each trial
         if name in space and _largest(space[name]) > limit:
             raise CompError(f"{f'--space {space_file}' if space_file else 'tune'}: {name}: up to {_largest(space[name])} px, "
                             f"but the images are {img_size} px: keep it <= {limit}")

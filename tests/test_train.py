@@ -144,9 +144,11 @@ def test_resume_refuses_another_recipe_and_force_unmarks_first(tmp_path, workdir
         train(TrainConfig(**{**cfg, "epochs": 5}, resume=True))
     train(TrainConfig(**cfg, resume=True))
     assert is_complete(out)
-    with pytest.raises(KeyboardInterrupt):  # --force: the old results stop counting at once
-        train_fold(TrainConfig(**cfg, force=True), load_prepared(workdir), on_epoch=stop_after_first_epoch)
-    assert not is_complete(out) and not (out / "oof.npz").exists()
+    for flags in ({"force": True}, {"force": True, "resume": True}):  # the old results stop counting at once
+        train(TrainConfig(**cfg, force=True))
+        with pytest.raises(KeyboardInterrupt):
+            train_fold(TrainConfig(**cfg, **flags), load_prepared(workdir), on_epoch=stop_after_first_epoch)
+        assert not is_complete(out) and not (out / "oof.npz").exists()
 
 
 def test_runs_from_another_split_are_refused(tmp_path, workdir):
