@@ -87,10 +87,9 @@ def align(runs: list[Run], test_ids: np.ndarray) -> Aligned:
 def run_scores(aligned: Aligned, num_classes: int) -> list[dict]:
     rows = []
     for run, z in zip(aligned.runs, aligned.oof_logits):
-        p = ensemble.softmax(z)
-        rows.append({"run": run.name, "folds": run.fold_ids, "accuracy": ensemble.accuracy(p, aligned.y),
-                     "macro_f1": ensemble.macro_f1(p, aligned.y, num_classes),
-                     "log_loss": ensemble.log_loss(p, aligned.y), "tta": run.folds[0].config.get("tta")})
+        rows.append({"run": run.name, "folds": run.fold_ids,
+                     **ensemble.score_probs(ensemble.softmax(z), aligned.y, num_classes),
+                     "tta": run.folds[0].config.get("tta")})
     return rows
 
 
@@ -109,9 +108,7 @@ def score_blend(aligned: Aligned, method: str, num_classes: int, **opts):
         honest = nested.oof_scores
     else:
         honest = insample
-    result.update(accuracy=ensemble.accuracy(honest, aligned.y),
-                  macro_f1=ensemble.macro_f1(honest, aligned.y, num_classes),
-                  log_loss=ensemble.log_loss(honest, aligned.y), nested=blender.learned)
+    result.update(**ensemble.score_probs(honest, aligned.y, num_classes), nested=blender.learned)
     return result, blender, honest
 
 

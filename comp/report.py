@@ -124,8 +124,7 @@ def leaderboard(runs: list[Run], num_classes: int) -> pd.DataFrame:
         tta = {str(m.get("tta", f.config.get("tta"))) for m, f in zip(metrics, run.folds)}
         rows.append({"run": run.name, "arch": run.folds[0].config.get("arch", "?"), "folds": len(run.folds),
                      "fold_ids": " ".join(map(str, run.fold_ids)), "oof_rows": len(y),
-                     "accuracy": ensemble.accuracy(probs, y), "macro_f1": ensemble.macro_f1(probs, y, num_classes),
-                     "log_loss": ensemble.log_loss(probs, y),
+                     **ensemble.score_probs(probs, y, num_classes),
                      "mean_best_epoch": float(np.mean([m.get("best_epoch", np.nan) for m in metrics])),
                      "train_seconds": float(sum(m.get("train_seconds", 0.0) for m in metrics)),
                      "tta": "/".join(sorted(tta))})

@@ -31,7 +31,7 @@ from .augment import default_aug, parse_aug, pixel_params
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
-from .ensemble import accuracy, log_loss, macro_f1, softmax
+from .ensemble import score_probs, softmax
 from .feed import autocast, default_workers, make_feed, resolve_loader
 from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
@@ -120,9 +120,7 @@ def pick_precision(requested: str, device: torch.device) -> str:
 
 
 def scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    probs = softmax(logits)
-    return {"accuracy": float(accuracy(probs, y)), "macro_f1": float(macro_f1(probs, y, num_classes)),
-            "log_loss": float(log_loss(probs, y))}
+    return score_probs(softmax(logits), y, num_classes)
 
 
 def train(cfg: TrainConfig) -> list[dict]:
