@@ -55,11 +55,22 @@ def _train(args):
         print("timm/<name>          any timm model (stem adapted to small inputs unless --no-adapt)")
         return
     if not args.arch:
-        raise CompError("--arch is required (see --list-archs)")
+        args.arch = _default_arch(args.workdir)
     from .train import train
 
     fold = -1 if args.fold == "all" else _int(args.fold, "--fold")
     train(_train_config(args, fold))
+
+
+def _default_arch(workdir) -> str:
+    """fastnet (airbench94's net and recipe) for small images; larger ones need a choice."""
+    from .folds import load_prepared
+
+    size = load_prepared(workdir).image_size
+    if size > 64:
+        raise CompError(f"--arch is required for {size}px images (see --list-archs; e.g. timm/resnet50)")
+    print(f"--arch not given: fastnet, the default for {size}px images")
+    return "fastnet"
 
 
 def _int(value, flag):
@@ -129,7 +140,8 @@ def _grid(args):
 
 
 def _add_train_args(p):
-    p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>")
+    p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>; default fastnet for "
+                                  "images up to 64px")
     p.add_argument("--fold", default="0", help="fold to hold out (0..K-1) or 'all' (default 0)")
     p.add_argument("--name", help="run name (default: the arch); runs/<name>/fold<K>/")
     p.add_argument("--list-archs", action="store_true", help="list architectures with parameter counts")

@@ -139,9 +139,12 @@ def test_cli_end_to_end(tmp_path, workdir, capsys, monkeypatch):
     archive = zip_folder(tmp_path / "cifar", tmp_path / "cifar-10.zip")
     assert main(["prepare", "--data", str(archive), "--folds", "3"]) == 0
     assert main(["train", "--arch", "custom_cnn", "--fold", "0", "--epochs", "1", "--batch-size", "8"]) == 0
+    assert main(["train", "--fold", "1", "--epochs", "1", "--batch-size", "8", "--tta", "none"]) == 0
+    assert "fastnet, the default for 16px images" in capsys.readouterr().out
+    assert (workdir / "runs" / "fastnet" / "fold1" / "metrics.json").exists()
     assert main(["train", "--arch", "custom_cnn", "--fold", "0", "--epochs", "1"]) == 2  # finished: no overwrite
     assert "already complete" in capsys.readouterr().err
-    assert main(["blend", "--method", "soft", "--name", "first"]) == 0
+    assert main(["blend", "--method", "soft", "--name", "first", "--runs", "custom_cnn"]) == 0
     out = capsys.readouterr().out
     assert "OOF accuracy" in out and "kaggle competitions submit" in out
     sub = pd.read_csv(workdir / "submissions" / "first.csv", dtype=str)
@@ -159,6 +162,8 @@ def test_cli_end_to_end(tmp_path, workdir, capsys, monkeypatch):
 
 def test_cli_errors_and_help(tmp_path, workdir, capsys):
     assert main(["train", "--arch", "custom_cnn"]) == 2
+    assert "comp prepare" in capsys.readouterr().err
+    assert main(["train"]) == 2  # no --arch: the default needs the prepared image size
     assert "comp prepare" in capsys.readouterr().err
     for command in ("prepare", "train", "predict", "blend", "submit", "demo"):
         with pytest.raises(SystemExit) as exit_info:
