@@ -17,7 +17,7 @@ from . import ensemble
 from .folds import folds_dir, sample_submission_path, split_fingerprint
 from .io import CompError, read_json, write_csv, write_json
 from .labels import LabelMap
-from .runs import Run, find_runs
+from .runs import Run, check_trained_on, find_runs
 from .submit import kaggle_command, validate_submission
 
 METHODS = ("soft", "logit", "hard", "rank", "select", "stack")
@@ -56,14 +56,10 @@ def check_runs(runs: list[Run], label_map: LabelMap, split: str | None = None) -
                         f"leave them out with --runs")
     for run in runs:
         for f in run.folds:
-            if f.config.get("label_hash") != label_map.hash or f.oof_logits.shape[1] != label_map.num_classes:
-                raise CompError(f"{f.path}: trained with label map {f.config.get('label_hash')} and "
-                                f"{f.oof_logits.shape[1]} classes, but folds/labels.json has {label_map.hash} with "
+            check_trained_on(f.config, f.path, label_map.hash, split)
+            if f.oof_logits.shape[1] != label_map.num_classes:
+                raise CompError(f"{f.path}: {f.oof_logits.shape[1]} classes, but folds/labels.json has "
                                 f"{label_map.num_classes}; retrain that fold or leave the run out with --runs")
-            if split and f.config.get("folds_fingerprint", split) != split:
-                raise CompError(f"{f.path}: trained on another fold split than folds/folds.csv (prepared again "
-                                f"with another --seed or --folds?), so its out-of-fold rows include rows it "
-                                f"trained on; retrain it or leave the run out with --runs")
 
 
 def align(runs: list[Run], test_ids: np.ndarray) -> Aligned:

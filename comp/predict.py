@@ -11,7 +11,7 @@ import torch
 from .folds import load_prepared, split_fingerprint
 from .io import CompError, read_json, write_json, write_npz, write_text
 from .models import create_model
-from .runs import RunLock, fold_dir, is_complete, runs_root
+from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
 from .feed import make_feed, resolve_loader
 from .train import pick_device, pick_precision, scores
 
@@ -41,12 +41,7 @@ def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, ne
 
 def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
     config = read_json(src / "config.json")
-    if config["label_hash"] != prepared.label_map.hash:
-        raise CompError(f"{src} was trained with label map {config['label_hash']}, folds/ has "
-                        f"{prepared.label_map.hash}; retrain it")
-    if config.get("folds_fingerprint", split_fingerprint(prepared.folds)) != split_fingerprint(prepared.folds):
-        raise CompError(f"{src} was trained on another fold split than folds/folds.csv (prepared again with "
-                        f"another --seed or --folds?); its fold rows would include training rows: retrain it")
+    check_trained_on(config, src, prepared.label_map.hash, split_fingerprint(prepared.folds))
     device = pick_device(device_name)
     precision = pick_precision(config.get("precision", "auto"), device)
     checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)

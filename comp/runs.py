@@ -80,6 +80,18 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
 
+def check_trained_on(config: dict, path, label_hash: str, split: str | None) -> None:
+    """A fold's run must match today's folds/: the same label map (else its class indices mean
+    other names) and the same fold split (else its "out-of-fold" rows include training rows)."""
+    if config.get("label_hash") != label_hash:
+        raise CompError(f"{path}: trained with label map {config.get('label_hash')}, but folds/labels.json has "
+                        f"{label_hash}; retrain it (or leave the run out with --runs)")
+    if split and config.get("folds_fingerprint", split) != split:
+        raise CompError(f"{path}: trained on another fold split than folds/folds.csv (prepared again with "
+                        f"another --seed or --folds?), so its out-of-fold rows include rows it trained on; "
+                        f"retrain it (or leave the run out with --runs)")
+
+
 @dataclass
 class FoldResult:
     name: str
