@@ -57,6 +57,18 @@ def flip(x, p, gen=None):
     return torch.where(mask, x.flip(-1), x)
 
 
+def alternating_flip(x, p, index, epoch, salt):
+    """airbench's alternating flip: image i is mirrored in epoch 0 with probability p (a fixed
+    pseudo-random bit of i and salt), and in every later epoch exactly when it was not in the
+    one before. Each pair of epochs then shows every image both ways, where independent coins
+    show a quarter of them one way twice: the same augmentation, less redundancy.
+    index: the images' positions in the training set (int64, B)."""
+    hashed = ((index.to(torch.int64) * 2654435761 + salt) & 0xFFFFFFFF) / 2.0**32  # uniform in [0, 1)
+    first = hashed < p
+    mask = (first ^ bool(epoch % 2)).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(-1), x)
+
+
 def _shift(x, pad, mode, gen):
     """Pad by `pad`, then cut each image back out at its own offset in [-pad, pad]^2.
     Two gathers (rows, then columns) select every image's window at once; no host sync."""
@@ -182,6 +194,8 @@ def mixup(x, target, alpha, gen=None):
 # name -> (callable, default parameter, help). The default's type (int/float) is the param type.
 AUGMENTATIONS = {
     "flip": (flip, 0.5, "horizontal flip, param = probability per image"),
+    "altflip": (alternating_flip, 0.5, "flip as `flip` in the first epoch, then each image the other way "
+                                       "every epoch (airbench; cache feed)"),
     "translate": (translate, 2, "random shift up to P px per axis, reflect padding"),
     "translate_wrap": (translate_wrap, 2, "random shift up to P px per axis, circular wrap"),
     "crop": (crop, 4, "pad P px with zeros (mean colour) then random crop, like RandomCrop"),
@@ -197,9 +211,11 @@ AUGMENTATIONS = {
 # Registry order is the application order.
 _ORDER = list(AUGMENTATIONS)
 _SHIFTS = ("translate", "translate_wrap", "crop")
+_FLIPS = ("flip", "altflip")
 _MIXES = ("cutmix", "mixup")
 _VALID = {  # name -> (predicate, description) for the parameter
     "flip": (lambda p: 0 <= p <= 1, "in [0, 1]"),
+    "altflip": (lambda p: 0 <= p <= 1, "in [0, 1]"),
     "rotate": (lambda p: 0 <= p <= 180, "in [0, 180]"),
     "zoom": (lambda p: 0 <= p < 1, "in [0, 1)"),
     "contrast": (lambda p: 0 <= p <= 1, "in [0, 1]"),
@@ -239,10 +255,14 @@ class BatchAugment:
                 raise ValueError(f"unknown augmentation {n!r}; valid ops:\n{_ops_help()}")
         if len(set(names)) != len(names):
             raise ValueError(f"augmentation listed twice in {names}")
-        if sum(n in _SHIFTS for n in names) > 1:
-            raise ValueError(f"use at most one of {', '.join(_SHIFTS)}; got {names}")
+        for exclusive in (_SHIFTS, _FLIPS):
+            if sum(n in exclusive for n in names) > 1:
+                raise ValueError(f"use at most one of {', '.join(exclusive)}; got {names}")
         self.ops = {n: _check(n, p, f"{n}:{p}") for n, p in sorted(ops, key=lambda o: _ORDER.index(o[0]))}
         self.generator = generator
+        # altflip's per-image first-epoch coins: a hash of the index salted from torch's RNG,
+        # so a run's flips follow its --seed and need no state in checkpoints.
+        self.salt = int(torch.randint(2**31, (), generator=generator, device=_device(torch.empty(0), generator))) if "altflip" in self.ops else 0
 
     @property
     def mixes_labels(self):
@@ -256,8 +276,8 @@ class BatchAugment:
         if not self.ops:
             return "none"
         # Params are always written (so a logged string reproduces the run even if defaults
-        # change), except plain "flip" at p=0.5 which is the universal convention.
-        return ",".join(n if (n == "flip" and p == 0.5) else f"{n}:{_format(p)}"
+        # change), except the flips at p=0.5, the universal convention.
+        return ",".join(n if (n in _FLIPS and p == 0.5) else f"{n}:{_format(p)}"
                         for n, p in self.ops.items())
 
     __str__ = describe
@@ -265,14 +285,19 @@ class BatchAugment:
     def __repr__(self):
         return f"BatchAugment({self.describe()!r})"
 
-    def __call__(self, x, y, num_classes=None, generator=None):
+    def __call__(self, x, y, num_classes=None, generator=None, index=None, epoch=0):
         """x: float (B, C, H, W); y: int64 (B,). Returns (x, target): target is y unless a
-        label-mixing op is active, then float32 soft targets (B, num_classes)."""
+        label-mixing op is active, then float32 soft targets (B, num_classes).
+        altflip also needs index (the images' positions in the training set) and epoch."""
         gen = generator if generator is not None else self.generator
         memory_format = _memory_format(x)
         ops = self.ops
         for name, param in ops.items():  # already in application order
-            if name in ("rotate", "zoom"):
+            if name == "altflip":
+                if index is None:
+                    raise ValueError("altflip needs each image's index in the training set (the cache feed)")
+                x = alternating_flip(x, param, index, epoch, self.salt)
+            elif name in ("rotate", "zoom"):
                 if name == "rotate" or "rotate" not in ops:  # the first of the pair does both
                     x = rotate_zoom(x, ops.get("rotate", 0.0), ops.get("zoom", 0.0), gen)
             elif name not in _MIXES:

@@ -44,8 +44,9 @@ def build_albu_transform(aug_string, img_size, mean, std):
     # Resize first: everything after runs on small images, and pixel params mean the same
     # thing as in the batch path (which sees img_size images).
     t = [A.Resize(img_size, img_size)]
-    if "flip" in ops:
-        t.append(A.HorizontalFlip(p=ops["flip"]))
+    for name in ("flip", "altflip"):  # workers see no epochs: altflip is a plain flip here
+        if name in ops:
+            t.append(A.HorizontalFlip(p=ops[name]))
     for name, border in _BORDERS.items():
         if name in ops and ops[name] > 0:
             fill = mean_255 if name == "crop" else 0

@@ -30,7 +30,7 @@ def _train_config(args, fold):
         model_kwargs["adapt"] = False
     recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
-                                            "patience", "grad_clip")}
+                                            "patience", "grad_clip", "muon_lr")}
     ema = {"on": True, "off": False}.get(args.ema)
     if getattr(args, "params", None) or getattr(args, "params_from", None):
         from .tune import tuned_fields  # tuned values fill only what the command line left unset
@@ -41,7 +41,7 @@ def _train_config(args, fold):
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
-                       loader=args.loader, workers=args.workers, resume=args.resume, force=args.force,
+                       loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume, force=args.force,
                        model_kwargs=model_kwargs, ema=ema, **recipe)
 
 
@@ -150,17 +150,21 @@ def _add_train_args(p):
     g.add_argument("--batch-size", type=int, help="GLOBAL batch: under torchrun with N processes each "
                    "trains on batch-size // N images per step")
     g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "muon"],
+                   help="muon: Muon for the conv filters, SGD for the rest (airbench94_muon)")
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "plateau", "constant"])
+    g.add_argument("--muon-lr", type=float, help="--optimizer muon: lr of the conv filters (default 0.24)")
+    g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "linear", "plateau", "constant"])
     g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
     g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
     g.add_argument("--aug", help="e.g. flip,translate:2,cutout:8 ('none' for no augmentation)")
     g.add_argument("--tta", choices=["none", "flip", "flip+shift"])
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: only after the last); "
+                   "saves time on short recipes; --patience then counts validations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

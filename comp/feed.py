@@ -168,14 +168,14 @@ class CacheFeed(_Feed):
         for images in self._images.values():
             images.set_stats(self.mean, self.std)
 
-    def train_batches(self, n_steps: int):
+    def train_batches(self, n_steps: int, epoch: int = 0):
         images = self.images("train")
         if self._y_train is None:
             self._y_train = torch.from_numpy(self.labels[self.rows["train"]]).to(self.device)
         order = torch.randperm(len(images), device=self.device)
         for i in range(n_steps):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.augment(images.batch(index), self._y_train[index], self.num_classes)
+            yield self.augment(images.batch(index), self._y_train[index], self.num_classes, index=index, epoch=epoch)
 
     def eval_batches(self, split: str) -> _Batches:
         images, size = self.images(split), self.eval_batch_size
@@ -259,7 +259,8 @@ class AlbuFeed(_Feed):
         var = (squares - n * mean * mean) / max(1, n - 1)  # unbiased, like the cache feed's torch.std
         return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-3).tolist()
 
-    def train_batches(self, n_steps: int):
+    def train_batches(self, n_steps: int, epoch: int = 0):
+        """epoch is unused: per-image ops run in the workers, where altflip is a plain flip."""
         if "train" not in self._loaders:
             rows = self.rows["train"]
             # drop_last, but a shard smaller than the batch still gives one step (as the cache feed does)

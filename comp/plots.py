@@ -87,9 +87,10 @@ def curves_figure(history: pd.DataFrame, run_name: str, best_epochs: dict[int, i
     fold_handles = []
     for i, (fold, rows) in enumerate(history.groupby("fold")):
         colour, label = f"C{i % 10}", f"fold {fold}"
+        validated = rows.dropna(subset=["val_accuracy"])  # --val-every > 1 leaves epochs unvalidated
         loss_ax.plot(rows.epoch, rows.train_loss, color=colour, marker=marker, ms=3)
-        loss_ax.plot(rows.epoch, rows.val_loss, color=colour, marker=marker, ms=4, ls="--", mfc="white")
-        acc_ax.plot(rows.epoch, rows.val_accuracy, color=colour, marker=marker, ms=4, mfc="white")
+        loss_ax.plot(validated.epoch, validated.val_loss, color=colour, marker=marker, ms=4, ls="--", mfc="white")
+        acc_ax.plot(validated.epoch, validated.val_accuracy, color=colour, marker=marker, ms=4, mfc="white")
         lr_ax.plot(rows.epoch, rows.lr, color=colour, marker=marker, ms=3)
         fold_handles.append(Line2D([], [], color=colour, label=label))
         best = (best_epochs or {}).get(int(fold))

@@ -42,10 +42,11 @@ from .runs import RunLock, fold_dir, is_complete
 # Used where neither the model's recipe nor the command line says otherwise.
 # Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
 # swamp the loss; AdamW decays the weights directly, where 0.05 is the usual value.
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05}
+# Muon's filters take no decay (their norm is fixed); its SGD part (head, biases) uses the SGD value.
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05, "muon": 5e-4}
 BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=None,
                    label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, aug=None,
-                   tta="flip", patience=0, grad_clip=0.0)
+                   tta="flip", patience=0, grad_clip=0.0, muon_lr=0.24)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     eval_batch_size: int = 1024
+    val_every: int = 1  # validate every N epochs (0: only after the last); patience counts validations
     model_kwargs: dict = field(default_factory=dict)
     # recipe: None means "the model's recipe, else BASE_RECIPE"
     epochs: float | None = None
@@ -80,6 +82,7 @@ class TrainConfig:
     tta: str | None = None
     patience: int | None = None
     grad_clip: float | None = None
+    muon_lr: float | None = None  # --optimizer muon: the conv filters' lr (lr is the head's and biases')
 
     def resolved(self, n_train: int, img_size: int, has_cache: bool = True) -> "TrainConfig":
         try:
@@ -101,11 +104,13 @@ class TrainConfig:
         for op, pixels in pixel_params(augment).items():
             if pixels >= img_size:
                 raise CompError(f"--aug {op}:{pixels}: must be smaller than the {img_size}px images")
-        for key in ("epochs", "lr", "batch_size"):
+        for key in ("epochs", "lr", "batch_size", "muon_lr"):
             if not values[key] > 0 or not math.isfinite(values[key]):
                 raise CompError(f"--{key.replace('_', '-')} {values[key]}: must be a positive number")
         values["loader"] = resolve_loader(self.loader, has_cache)
         values["workers"] = default_workers() if self.workers is None else self.workers
+        if not isinstance(self.val_every, int) or self.val_every < 0:
+            raise CompError(f"--val-every {self.val_every}: need 0 (only after the last epoch) or a whole number of epochs")
         if values["workers"] < 0:
             raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)
@@ -197,7 +202,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if hasattr(model, "init_from_data"):  # on each rank's shard; DDP then copies rank 0's result
         model.init_from_data(feed.sample(5000))
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale,
+                                cfg.muon_lr)
     lookahead = Lookahead(model) if cfg.ema else None
     plateau = Plateau()
     steps_per_epoch = max(1, n_train // ctx.world_size // batch_size)  # the smallest shard's, on every rank
@@ -234,7 +240,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         model.train()
         started = time.time()
         n_steps = min(steps_per_epoch, total_steps - state["step"])
-        bar = tqdm(feed.train_batches(n_steps), total=n_steps, desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}",
+        bar = tqdm(feed.train_batches(n_steps, epoch), total=n_steps, desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}",
                    unit="step", leave=False, disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, target in bar:
@@ -262,27 +268,21 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         train_seconds = time.time() - started
         totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
         loss_sum, correct, seen = all_reduce_sum(totals).tolist()  # over all ranks
+        row = dict(epoch=epoch + 1, step=state["step"], train_loss=loss_sum / seen, train_accuracy=correct / seen,
+                   val_loss=math.nan, val_accuracy=math.nan, val_macro_f1=math.nan, lr=optimizer.param_groups[0]["lr"],
+                   seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
+        last = state["step"] >= total_steps
         stop = False
-        if ctx.is_main:  # validation and every file are rank 0's; the others wait for its decision
-            val_logits = feed.predict(eval_model, "val", "none", precision)
-            val = scores(val_logits, y_val, label_map.num_classes)
-            if cfg.schedule == "plateau":
-                plateau.step(val["log_loss"])
-            row = dict(epoch=epoch + 1, step=state["step"], train_loss=loss_sum / seen,
-                       train_accuracy=correct / seen, val_loss=val["log_loss"], val_accuracy=val["accuracy"],
-                       val_macro_f1=val["macro_f1"], lr=optimizer.param_groups[0]["lr"],
-                       seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
+        if ctx.is_main and (last or (cfg.val_every and (epoch + 1) % cfg.val_every == 0)):
+            # validation and every file are rank 0's; the others wait for its decision
+            stop = _validate(cfg, row, feed, eval_model, y_val, precision, plateau, state)
+            if state["best_epoch"] == epoch + 1:
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ctx.is_main:
             state["history"].append(row)
             _log_epoch(row, writer)
-            if on_epoch:
+            if on_epoch and not math.isnan(row["val_accuracy"]):
                 on_epoch(row)
-            score = val["accuracy"] - 1e-6 * val["log_loss"]  # accuracy first, loss breaks ties
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                state["bad_epochs"] += 1
-            stop = bool(cfg.patience and state["bad_epochs"] >= cfg.patience)
         stop, plateau.multiplier = broadcast_object((stop, plateau.multiplier))  # the same on every rank
         state["epoch"] = epoch + 1
         if stop:
@@ -300,6 +300,20 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     return _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer)
 
 
+def _validate(cfg, row, feed, model, y_val, precision, plateau, state) -> bool:
+    """Score the held-out fold into `row`, track the best epoch; True when patience runs out."""
+    val = scores(feed.predict(model, "val", "none", precision), y_val, feed.num_classes)
+    row.update(val_loss=val["log_loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
+    if cfg.schedule == "plateau":
+        plateau.step(val["log_loss"])
+    score = val["accuracy"] - 1e-6 * val["log_loss"]  # accuracy first, loss breaks ties
+    if score > state["best_score"]:
+        state.update(best_score=score, best_epoch=row["epoch"], bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    return bool(cfg.patience and state["bad_epochs"] >= cfg.patience)
+
+
 def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer) -> dict:
     """Best weights -> TTA logits for the fold's rows and the test set; metrics.json last."""
     started = time.time()
@@ -308,7 +322,8 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
     num_classes = prepared.label_map.num_classes
     metrics = scores(oof_logits, y_val, num_classes)
     plain = state["history"][state["weights_epoch"] - 1] if state["weights_epoch"] > 0 else {}
-    metrics.update(tta=cfg.tta, accuracy_no_tta=plain.get("val_accuracy"), best_epoch=state["best_epoch"],
+    no_tta = plain.get("val_accuracy")
+    metrics.update(tta=cfg.tta, accuracy_no_tta=None if no_tta is None or math.isnan(no_tta) else no_tta, best_epoch=state["best_epoch"],
                    weights_epoch=state["weights_epoch"], epoch_chosen_on_oof_labels=bool(cfg.patience),
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
@@ -329,7 +344,7 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
 
 
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "model_kwargs", "img_size", "loader",
+               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "muon_lr", "model_kwargs", "img_size", "loader",
                "label_hash", "folds_fingerprint")
 
 
@@ -379,10 +394,13 @@ def _tensorboard(out: Path):
 
 
 def _log_epoch(row: dict, writer) -> None:
+    validated = not math.isnan(row["val_accuracy"])
+    val = (f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}  F1 {row['val_macro_f1']:.4f}  "
+           if validated else "(not validated)  ")
     print(f"  epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
-          f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}  F1 {row['val_macro_f1']:.4f}  "
-          f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+          f"{val}lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
     if writer:
-        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr"):
+        keys = ("train_loss", "train_accuracy", "lr") + (("val_loss", "val_accuracy", "val_macro_f1") if validated else ())
+        for key in keys:
             writer.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
         writer.flush()

@@ -18,7 +18,7 @@ Override file (YAML or TOML), one entry per parameter; a plain value fixes the p
   optimizer: {type: categorical, choices: [adam, adamw]}
   epochs: 10
 Parameters: the recipe fields of TrainConfig (lr, batch_size, weight_decay, label_smoothing,
-epochs, momentum, optimizer, schedule, bias_lr_scale, ema, tta, patience, grad_clip, aug)
+epochs, momentum, optimizer, schedule, bias_lr_scale, ema, tta, patience, grad_clip, muon_lr, aug)
 plus dropout, translate and cutout. translate/cutout rewrite the recipe's augmentation
 string (its shift op and cutout are replaced; flip and the rest are kept).
 """
@@ -33,8 +33,8 @@ from .augment import TTA_MODES, BatchAugment, parse_aug
 from .io import CompError
 from .models import create_model, model_info
 
-_OPTIMIZERS = ("sgd", "adam", "adamw")
-_SCHEDULES = ("onecycle", "cosine", "triangle", "plateau", "constant")
+_OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
+_SCHEDULES = ("onecycle", "cosine", "triangle", "linear", "plateau", "constant")
 _SHIFT_OPS = ("translate", "translate_wrap", "crop")  # augment.py allows one of these at a time
 
 
@@ -62,13 +62,14 @@ PARAMS = {
     "tta": (lambda v: v in TTA_MODES, f"one of {', '.join(TTA_MODES)}"),
     "patience": (_integer(lambda v: v >= 0), "an integer >= 0"),
     "grad_clip": (_number(lambda v: v >= 0), "a number >= 0"),
+    "muon_lr": (_number(lambda v: v > 0), "a number > 0"),
     "aug": (lambda v: isinstance(v, str), "an augmentation string such as 'flip,translate:2'"),
     "dropout": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "translate": (_integer(lambda v: 0 <= v), "an integer >= 0 (pixels)"),
     "cutout": (_integer(lambda v: 0 <= v), "an integer >= 0 (pixels)"),
 }
 RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-                 "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "grad_clip")
+                 "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "grad_clip", "muon_lr")
 _SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
               "categorical": {"type", "choices"}}
 

@@ -285,3 +285,31 @@ def test_albu_dataset_unreadable_names_path(tmp_path):
         ds[0]
     with pytest.raises(OSError, match="missing.jpg"):
         ds[1]
+
+
+def test_altflip_alternates_every_epoch():
+    x, img = copies()
+    augment = parse_aug("altflip")
+    index = torch.arange(B)
+    views = [augment(x, labels(), index=index, epoch=e)[0] for e in range(3)]
+    flipped = [[torch.equal(o, img.flip(-1)) for o in v] for v in views]
+    assert all(torch.equal(o, img) or f for o, f in zip(views[0], flipped[0]))
+    assert 16 <= sum(flipped[0]) <= 48  # the first epoch's coins are fair
+    assert flipped[1] == [not f for f in flipped[0]]  # every image the other way in the next epoch
+    assert flipped[2] == flipped[0]
+    # The coins belong to the image, not to its place in the batch.
+    perm = torch.randperm(B)
+    shuffled, _ = augment(x, labels(), index=index[perm], epoch=0)
+    assert [torch.equal(o, img.flip(-1)) for o in shuffled] == [flipped[0][i] for i in perm]
+
+
+def test_altflip_needs_indices_and_excludes_flip():
+    x, _ = copies()
+    with pytest.raises(ValueError, match="altflip needs each image's index"):
+        parse_aug("altflip")(x, labels())
+    with pytest.raises(ValueError, match="at most one of flip, altflip"):
+        parse_aug("flip,altflip")
+    torch.manual_seed(0)
+    first = parse_aug("altflip").salt
+    torch.manual_seed(0)
+    assert parse_aug("altflip").salt == first  # follows the seed: reproducible without checkpointing it

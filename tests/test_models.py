@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from comp.models import count_params, create_model, list_models, model_info, register_model
 
 ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
-         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l"]
+         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_s2d"]
 RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-               "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience"}
+               "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr"}
 NUM_CLASSES = 10
 
 
@@ -48,8 +48,8 @@ def test_model_info(name):
     info = model_info(name)
     assert info["name"] == name and info["description"]
     assert set(info["recipe"]) <= RECIPE_KEYS
-    assert info["recipe"].get("optimizer", "sgd") in {"sgd", "adam", "adamw"}
-    assert info["recipe"].get("schedule", "cosine") in {"onecycle", "cosine", "plateau", "constant", "triangle"}
+    assert info["recipe"].get("optimizer", "sgd") in {"sgd", "adam", "adamw", "muon"}
+    assert info["recipe"].get("schedule", "cosine") in {"onecycle", "cosine", "plateau", "constant", "triangle", "linear"}
     assert info["family"] in {"simple", "vgg", "resnet", "effnet", "mobilenet", "squeezenet", "fastnet"}
 
 

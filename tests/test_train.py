@@ -161,3 +161,39 @@ def test_runs_from_another_split_are_refused(tmp_path, workdir):
         blend(BlendOptions(workdir=str(workdir)))
     with pytest.raises(CompError, match="another fold split"):
         predict_run(workdir, "custom_cnn", "none")
+
+
+def test_val_every_skips_validation_but_not_the_last_epoch(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=6)
+    [metrics] = train(TrainConfig(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=3, val_every=0))
+    history = pd.read_csv(workdir / "runs" / "custom_cnn" / "fold0" / "history.csv")
+    assert history.val_accuracy.isna().tolist() == [True, True, False]
+    assert history.train_loss.notna().all()
+    assert metrics["accuracy_no_tta"] == history.val_accuracy.iloc[-1] and metrics["weights_epoch"] == 3
+    [metrics] = train(TrainConfig(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=4, val_every=2,
+                                  force=True))
+    history = pd.read_csv(workdir / "runs" / "custom_cnn" / "fold0" / "history.csv")
+    assert history.val_accuracy.isna().tolist() == [True, False, True, False]
+    with pytest.raises(CompError, match="--val-every -1"):
+        train(TrainConfig(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=1, val_every=-1, force=True))
+
+
+def test_muon_and_altflip_train_fastnet_and_resume(tmp_path, workdir):
+    """The airbench94_muon recipe end to end: Muon state and altflip survive a checkpoint."""
+    from comp.folds import load_prepared
+    from comp.train import train_fold
+
+    prepared_workdir(tmp_path, workdir, per_class=12, size=32)
+    cfg = dict(arch="fastnet", fold=0, workdir=str(workdir), epochs=3, batch_size=8, optimizer="muon",
+               schedule="linear", aug="altflip,translate:2", ema=False)
+
+    def stop_in_epoch_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TrainConfig(**cfg), load_prepared(workdir), on_epoch=stop_in_epoch_2)
+    [metrics] = train(TrainConfig(**cfg, resume=True))
+    config = json.loads((workdir / "runs" / "fastnet" / "fold0" / "config.json").read_text())
+    assert (config["optimizer"], config["muon_lr"], config["aug"]) == ("muon", 0.24, "altflip,translate:2")
+    assert metrics["epochs_run"] == 3 and np.isfinite(metrics["log_loss"])
