@@ -262,7 +262,9 @@ class BatchAugment:
         self.generator = generator
         # altflip's per-image first-epoch coins: a hash of the index salted from torch's RNG,
         # so a run's flips follow its --seed and need no state in checkpoints.
-        self.salt = int(torch.randint(2**31, (), generator=generator, device=_device(torch.empty(0), generator))) if "altflip" in self.ops else 0
+        self.salt = 0
+        if "altflip" in self.ops:
+            self.salt = int(torch.randint(2**31, (), generator=generator, device=_device(torch.empty(0), generator)))
 
     @property
     def mixes_labels(self):

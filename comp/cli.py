@@ -41,8 +41,8 @@ def _train_config(args, fold):
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
-                       loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume, force=args.force,
-                       model_kwargs=model_kwargs, ema=ema, **recipe)
+                       loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, **recipe)
 
 
 def _train(args):

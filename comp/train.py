@@ -110,7 +110,8 @@ class TrainConfig:
         values["loader"] = resolve_loader(self.loader, has_cache)
         values["workers"] = default_workers() if self.workers is None else self.workers
         if not isinstance(self.val_every, int) or self.val_every < 0:
-            raise CompError(f"--val-every {self.val_every}: need 0 (only after the last epoch) or a whole number of epochs")
+            raise CompError(f"--val-every {self.val_every}: need 0 (only after the last epoch) "
+                            f"or a whole number of epochs")
         if values["workers"] < 0:
             raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)
@@ -240,8 +241,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         model.train()
         started = time.time()
         n_steps = min(steps_per_epoch, total_steps - state["step"])
-        bar = tqdm(feed.train_batches(n_steps, epoch), total=n_steps, desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}",
-                   unit="step", leave=False, disable=None if ctx.is_main else True)
+        bar = tqdm(feed.train_batches(n_steps, epoch), total=n_steps, unit="step", leave=False,
+                   desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, target in bar:
             multiplier = lr_multiplier(cfg.schedule, state["step"], total_steps) * plateau.multiplier
@@ -323,7 +324,8 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
     metrics = scores(oof_logits, y_val, num_classes)
     plain = state["history"][state["weights_epoch"] - 1] if state["weights_epoch"] > 0 else {}
     no_tta = plain.get("val_accuracy")
-    metrics.update(tta=cfg.tta, accuracy_no_tta=None if no_tta is None or math.isnan(no_tta) else no_tta, best_epoch=state["best_epoch"],
+    no_tta = None if no_tta is None or math.isnan(no_tta) else no_tta
+    metrics.update(tta=cfg.tta, accuracy_no_tta=no_tta, best_epoch=state["best_epoch"],
                    weights_epoch=state["weights_epoch"], epoch_chosen_on_oof_labels=bool(cfg.patience),
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
@@ -344,8 +346,8 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
 
 
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "muon_lr", "model_kwargs", "img_size", "loader",
-               "label_hash", "folds_fingerprint")
+               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "muon_lr", "model_kwargs", "img_size",
+               "loader", "label_hash", "folds_fingerprint")
 
 
 def _check_resumable(saved: dict, now: dict, out: Path) -> None:
@@ -400,7 +402,8 @@ def _log_epoch(row: dict, writer) -> None:
     print(f"  epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
           f"{val}lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
     if writer:
-        keys = ("train_loss", "train_accuracy", "lr") + (("val_loss", "val_accuracy", "val_macro_f1") if validated else ())
+        keys = ("train_loss", "train_accuracy", "lr")
+        keys += ("val_loss", "val_accuracy", "val_macro_f1") if validated else ()
         for key in keys:
             writer.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
         writer.flush()

@@ -33,7 +33,7 @@ def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision
     model = create_model(arch, num_classes=num_classes, img_size=images.shape[-1]).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe["optimizer"], recipe["lr"], recipe["weight_decay"], recipe["momentum"],
-                          recipe["bias_lr_scale"])
+                          recipe["bias_lr_scale"], recipe["muon_lr"])
     def step(i):
         idx = torch.randint(0, len(images), (batch,), device=device)
         with autocast(device, precision):

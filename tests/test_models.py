@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from comp.models import count_params, create_model, list_models, model_info, register_model
 
 ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
-         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_s2d"]
+         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_s2d", "fastnet_l_s2d"]
 RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr"}
 NUM_CLASSES = 10
@@ -183,11 +183,21 @@ def test_fastnet_freezes_whitening_bias_after_epoch_3():
 def test_fastnet_shapes_and_recipe():
     assert len(create_model("fastnet", img_size=32).groups) == 3
     assert len(create_model("fastnet", img_size=64).groups) == 4
-    recipe = model_info("fastnet")["recipe"]
-    assert recipe["lr"] == pytest.approx(11.5 / (1 + 1 / 0.15))  # 1.5
+    from comp.models.fastnet import FASTNET_SGD_RECIPE
+
+    sgd = FASTNET_SGD_RECIPE  # airbench94
+    assert sgd["lr"] == pytest.approx(11.5 / (1 + 1 / 0.15))  # 1.5
     # per-step decay lr*wd equals airbench's 0.0153 * 1024 / kilostep_scale
-    assert recipe["lr"] * recipe["weight_decay"] == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-4)
-    assert recipe["schedule"] == "triangle" and recipe["ema"] and recipe["bias_lr_scale"] == 64
+    assert sgd["lr"] * sgd["weight_decay"] == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-4)
+    assert sgd["schedule"] == "triangle" and sgd["ema"] and sgd["bias_lr_scale"] == 64
+    muon = model_info("fastnet")["recipe"]  # the default: airbench94_muon, summed loss -> mean loss
+    assert (muon["optimizer"], muon["batch_size"], muon["epochs"], muon["muon_lr"]) == ("muon", 2000, 8, 0.24)
+    assert muon["lr"] == pytest.approx(0.67 * (9 / 256) ** 2 * 2000, rel=1e-4)  # head: 1/256 there, 1/9 here
+    assert muon["lr"] * muon["bias_lr_scale"] == pytest.approx(0.053 * 2000, rel=1e-3)  # biases
+    assert muon["lr"] * muon["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)  # decay per step
+    assert muon["aug"] == "altflip,translate:2" and muon["schedule"] == "linear" and not muon["ema"]
+    assert create_model("fastnet_s2d", img_size=64).space_to_depth == 2
+    assert create_model("fastnet_s2d", img_size=32).space_to_depth == 1  # below 64px: plain fastnet
 
 
 # ----------------------------------------------------------------------------- timm adapter

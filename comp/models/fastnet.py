@@ -20,7 +20,7 @@ so the head again sees a 3x3 map and the receptive field matches the image.
 fastnet_s2d (for 64px and up) instead folds each 2x2 block of pixels into channels first
 (pixel_unshuffle: 64x64x3 -> 32x32x12, nothing lost) and whitens 2x2 patches of that, i.e.
 4x4 pixel patches at stride 2: the network then runs at 32px cost (about a third of the
-4-group net's FLOPs at 64px) while still seeing every pixel.
+4-group net's FLOPs at 64px) while still seeing every pixel. Below 64px it does not fold.
 """
 
 from __future__ import annotations
@@ -67,10 +67,13 @@ def _airbench_muon_head_lr(batch_size: int, head_lr_sum: float = 0.67, width: in
     return head_lr_sum * (9 / width) ** 2 * batch_size
 
 
-def _fastnet_muon_recipe(batch_size: int = 2000, epochs: float = 8) -> dict:
-    lr = _airbench_muon_head_lr(batch_size)
+def _fastnet_muon_recipe(batch_size: int = 2000, epochs: float = 8, width: int = 256) -> dict:
+    """airbench94_muon's hyperparameters; width: the last group's (its head scaling is 1/width)."""
+    lr = _airbench_muon_head_lr(batch_size, width=width)
+    bias_lr = 0.053 * batch_size  # airbench's 0.053 on a summed loss
     return dict(optimizer="muon", batch_size=batch_size, epochs=epochs, lr=round(lr, 4), muon_lr=0.24,
-                momentum=KILOSTEP_MOMENTUM, weight_decay=round(2e-6 * batch_size / lr, 7), bias_lr_scale=64.0,
+                momentum=KILOSTEP_MOMENTUM, weight_decay=round(2e-6 * batch_size / lr, 7),
+                bias_lr_scale=round(bias_lr / lr, 2),
                 label_smoothing=0.2, schedule="linear", ema=False, aug="altflip,translate:2", tta="flip+shift")
 
 
@@ -116,6 +119,8 @@ class FastNet(nn.Module):
                  widths: tuple[int, ...] = (64, 256, 256), bn_momentum: float = 0.4,
                  scaling_factor: float = 1 / 9, whiten_bias_epochs: int = 3, space_to_depth: int = 1):
         super().__init__()
+        while space_to_depth > 1 and img_size // space_to_depth < 32:  # small images stay unfolded
+            space_to_depth //= 2
         self.space_to_depth = space_to_depth
         in_chans, img_size = in_chans * space_to_depth**2, img_size // space_to_depth
         extra_groups = max(0, int(math.log2(img_size / 32)))  # 0 below 64px
@@ -226,4 +231,14 @@ def fastnet_l(num_classes, in_chans, img_size, **kw):
 )
 def fastnet_s2d(num_classes, in_chans, img_size, **kw):
     kw.setdefault("space_to_depth", 2)
+    return FastNet(num_classes, in_chans, img_size, **kw)
+
+
+@register_model(
+    description="fastnet_l for 64px+: fastnet_s2d's pixel folding with the wider 128/384/384 groups",
+    recipe=_fastnet_muon_recipe(width=384),
+)
+def fastnet_l_s2d(num_classes, in_chans, img_size, **kw):
+    kw.setdefault("space_to_depth", 2)
+    kw.setdefault("widths", (128, 384, 384))
     return FastNet(num_classes, in_chans, img_size, **kw)
