@@ -61,7 +61,7 @@ def alternating_flip(x, p, index, epoch, salt):
     """airbench's alternating flip: image i is mirrored in epoch 0 with probability p (a fixed
     pseudo-random bit of i and salt), and in every later epoch exactly when it was not in the
     one before. Each pair of epochs then shows every image both ways, where independent coins
-    show a quarter of them one way twice: the same augmentation, less redundancy.
+    show half of them the same way twice: the same augmentation, less redundancy.
     index: the images' positions in the training set (int64, B)."""
     hashed = ((index.to(torch.int64) * 2654435761 + salt) & 0xFFFFFFFF) / 2.0**32  # uniform in [0, 1)
     first = hashed < p

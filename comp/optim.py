@@ -91,6 +91,8 @@ class Muon(torch.optim.Optimizer):
     under-serves learn as fast as the dominant ones. Before each step the filter is rescaled to
     norm sqrt(out): BatchNorm follows every conv, so the scale carries no information and fixing
     it keeps the effective step size constant (this replaces weight decay for those filters).
+    So it suits nets with a norm layer after every conv (fastnet, the ResNets, VGG-BN); a conv
+    whose output scale matters (no norm after it) should not be in a muon group.
     Other groups: torch SGD semantics (decay added to the gradient, Nesterov momentum).
     (Muon: Keller Jordan et al. 2024; recipe from airbench94_muon.)
     """
@@ -100,6 +102,10 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -116,6 +122,7 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
                     g = orthogonalize(g.reshape(len(g), -1)).view_as(p)
                 p.add_(g, alpha=-group["lr"])
+        return loss
 
 
 def lr_multiplier(schedule: str, step: int, total_steps: int, warmup: float = 0.1) -> float:
