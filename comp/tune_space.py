@@ -32,9 +32,7 @@ from pathlib import Path
 from .augment import TTA_MODES, BatchAugment, parse_aug
 from .io import CompError
 from .models import create_model, model_info
-
-_OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-_SCHEDULES = ("onecycle", "cosine", "triangle", "linear", "plateau", "constant")
+from .optim import OPTIMIZERS, SCHEDULES
 _SHIFT_OPS = ("translate", "translate_wrap", "crop")  # augment.py allows one of these at a time
 
 
@@ -55,8 +53,8 @@ PARAMS = {
     "label_smoothing": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "epochs": (_number(lambda v: v > 0), "a number > 0"),
     "momentum": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "optimizer": (lambda v: v in _OPTIMIZERS, f"one of {', '.join(_OPTIMIZERS)}"),
-    "schedule": (lambda v: v in _SCHEDULES, f"one of {', '.join(_SCHEDULES)}"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "bias_lr_scale": (_number(lambda v: v > 0), "a number > 0"),
     "ema": (lambda v: isinstance(v, bool), "true or false"),
     "tta": (lambda v: v in TTA_MODES, f"one of {', '.join(TTA_MODES)}"),

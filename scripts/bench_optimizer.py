@@ -10,42 +10,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from comp.models import create_model  # noqa: E402
-from comp.optim import build_optimizer  # noqa: E402
-from comp.train import autocast, pick_device, pick_precision  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import bare_loop  # noqa: E402
+
+from comp.train import pick_device, pick_precision  # noqa: E402
 
 
 def images_per_second(arch, size, optimizer, batch, steps, device, precision) -> float:
+    """bench_throughput's bare loop on one random batch (its rows are drawn with replacement)."""
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=10, img_size=size).to(device).to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, optimizer, lr=0.1, weight_decay=1e-3, momentum=0.85, bias_lr_scale=64.0)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    def step():
-        with autocast(device, precision):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.time()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.time() - started)
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    recipe = dict(optimizer=optimizer, lr=0.1, weight_decay=1e-3, momentum=0.85, bias_lr_scale=64.0, muon_lr=0.24)
+    return bare_loop(arch, images, labels, 10, batch, steps, device, precision, recipe)
 
 
 def main():
