@@ -372,7 +372,9 @@ def default_aug(n_images, img_size):
 
 # ----------------------------------------------------------------------------- test-time
 
-TTA_MODES = ("none", "flip", "flip+shift")
+TTA_MODES = ("none", "flip", "flip+shift")  # each mode's views start with the narrower mode's
+# Weights of the views tta_views makes, in its order: plain, mirrored, then the four shifted ones.
+TTA_WEIGHTS = {"none": (1.0,), "flip": (0.5, 0.5), "flip+shift": (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
 
 
 def tta_views(x, mode="flip"):
@@ -381,16 +383,24 @@ def tta_views(x, mode="flip"):
     shifted one pixel up-left and down-right (reflect pad 1, then crop) at 0.125 each."""
     if mode not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(TTA_MODES)}")
+    weights = TTA_WEIGHTS[mode]
     if mode == "none":
-        return [(1.0, x)]
+        return [(weights[0], x)]
     fmt = _memory_format(x)
-    mirrored = x.flip(-1).contiguous(memory_format=fmt)
-    if mode == "flip":
-        return [(0.5, x), (0.5, mirrored)]
-    H, W = x.shape[-2:]
-    views = [(0.25, x), (0.25, mirrored)]
-    for img in (x, mirrored):
-        padded = F.pad(img, (1, 1, 1, 1), mode="reflect")
-        for off in (0, 2):  # crop offset 0 = shift (-1,-1), offset 2 = shift (+1,+1)
-            views.append((0.125, padded[..., off:off + H, off:off + W].contiguous(memory_format=fmt)))
-    return views
+    views = [x, x.flip(-1).contiguous(memory_format=fmt)]
+    if mode == "flip+shift":
+        H, W = x.shape[-2:]
+        for img in views[:2]:
+            padded = F.pad(img, (1, 1, 1, 1), mode="reflect")
+            for off in (0, 2):  # crop offset 0 = shift (-1,-1), offset 2 = shift (+1,+1)
+                views.append(padded[..., off:off + H, off:off + W].contiguous(memory_format=fmt))
+    return list(zip(weights, views))
+
+
+def combine_views(view_logits, mode: str):
+    """(V, N, C) per-view logits of a mode at least as wide as `mode` -> (N, C) logits of `mode`:
+    the narrower mode's views are the first ones, so re-scoring another TTA needs no model."""
+    weights = TTA_WEIGHTS[mode]
+    if len(view_logits) < len(weights):
+        raise ValueError(f"TTA {mode!r} needs {len(weights)} views, the logits hold {len(view_logits)}")
+    return sum(w * view_logits[i] for i, w in enumerate(weights))

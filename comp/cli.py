@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+
+STARTED = time.monotonic()  # a --budget counts from here: imports and data loading are part of the run
 
 from .io import CompError
 
@@ -19,6 +22,7 @@ def _prepare(args):
 
 
 def _train_config(args, fold):
+    from .recipe import parse_budget
     from .train import TrainConfig
 
     model_kwargs = {}
@@ -30,7 +34,7 @@ def _train_config(args, fold):
         model_kwargs["adapt"] = False
     recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
-                                            "patience", "grad_clip", "muon_lr")}
+                                            "patience", "grad_clip", "muon_lr", "muon_momentum")}
     ema = {"on": True, "off": False}.get(args.ema)
     if getattr(args, "params", None) or getattr(args, "params_from", None):
         from .tune import tuned_fields  # tuned values fill only what the command line left unset
@@ -39,10 +43,12 @@ def _train_config(args, fold):
         recipe = {k: tuned.get(k) if v is None else v for k, v in recipe.items()}
         ema = tuned.get("ema") if ema is None else ema
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
+    budget = args.budget and parse_budget(args.budget)
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
                        loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,
-                       force=args.force, model_kwargs=model_kwargs, ema=ema, **recipe)
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, budget=budget,
+                       budget_started=STARTED if budget else None, **recipe)
 
 
 def _train(args):
@@ -54,23 +60,13 @@ def _train(args):
             print(f"{name:<20} {params / 1e6:8.2f}M params  {model_info(name)['description']}")
         print("timm/<name>          any timm model (stem adapted to small inputs unless --no-adapt)")
         return
-    if not args.arch:
-        args.arch = _default_arch(args.workdir)
-    from .train import train
+    from .train import show_plan, train
 
     fold = -1 if args.fold == "all" else _int(args.fold, "--fold")
+    if args.plan:
+        show_plan(_train_config(args, fold))
+        return
     train(_train_config(args, fold))
-
-
-def _default_arch(workdir) -> str:
-    """fastnet (airbench94's net and recipe) for small images; larger ones need a choice."""
-    from .folds import load_prepared
-
-    size = load_prepared(workdir).image_size
-    if size > 64:
-        raise CompError(f"--arch is required for {size}px images (see --list-archs; e.g. timm/resnet50)")
-    print(f"--arch not given: fastnet, the default for {size}px images")
-    return "fastnet"
 
 
 def _int(value, flag):
@@ -140,12 +136,16 @@ def _grid(args):
 
 
 def _add_train_args(p):
-    p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>; default fastnet for "
-                                  "images up to 64px")
+    p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>; default: planned from the "
+                                  "image size (fastnet, or fastnet_s2d above 48px)")
     p.add_argument("--fold", default="0", help="fold to hold out (0..K-1) or 'all' (default 0)")
     p.add_argument("--name", help="run name (default: the arch); runs/<name>/fold<K>/")
     p.add_argument("--list-archs", action="store_true", help="list architectures with parameter counts")
-    g = p.add_argument_group("recipe (default: the architecture's recipe)")
+    p.add_argument("--plan", action="store_true", help="print the planned recipe (each value with its reason) "
+                   "and train nothing")
+    p.add_argument("--budget", help="wall time for the fold, or with --fold all for all folds together (e.g. 15m, "
+                   "90s, 1.5h; a bare number is minutes): epochs and TTA are fitted to it after timing the first steps")
+    g = p.add_argument_group("recipe (default: planned from the data; see --plan)")
     g.add_argument("--epochs", type=float, help="epochs, fractional allowed")
     g.add_argument("--batch-size", type=int, help="GLOBAL batch: under torchrun with N processes each "
                    "trains on batch-size // N images per step")
@@ -155,7 +155,9 @@ def _add_train_args(p):
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--muon-lr", type=float, help="--optimizer muon: lr of the conv filters (default 0.24)")
+    g.add_argument("--muon-lr", type=float, help="--optimizer muon: lr of the conv filters (0.24 at batch 2000, "
+                   "rescaled with the batch)")
+    g.add_argument("--muon-momentum", type=float, help="--optimizer muon: momentum of the conv filters (default 0.6)")
     g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "linear", "plateau", "constant"])
     g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
     g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
@@ -163,8 +165,9 @@ def _add_train_args(p):
     g.add_argument("--tta", choices=["none", "flip", "flip+shift"])
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: only after the last); "
-                   "saves time on short recipes; --patience then counts validations")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (0: never during training; the final "
+                   "prediction scores the fold); default 1 with --patience or --schedule plateau, else 0; "
+                   "--patience counts validations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .augment import BatchAugment, parse_aug, tta_views
+from .augment import TTA_WEIGHTS, BatchAugment, combine_views, parse_aug, tta_views
 from .distributed import run_on_main
 from .io import CompError
 
@@ -72,15 +72,19 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.inference_mode()
-def predict_logits(model, batches, tta: str, device, precision, desc=None) -> np.ndarray:
-    """Logits for every image of `batches`, averaged over the TTA views with their weights."""
+def predict_views(model, batches, tta: str, device, precision, desc=None) -> np.ndarray:
+    """Logits of every image of `batches` under each TTA view: (views, N, C), views in tta_views' order."""
     model.eval()
     out = []
     for x in tqdm(batches, desc=desc, leave=False, disable=None if desc else True):
         with autocast(device, precision):
-            logits = sum(w * model(view).float() for w, view in tta_views(x, tta))
-        out.append(logits.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+            out.append(torch.stack([model(view).float() for _, view in tta_views(x, tta)]).cpu())
+    return torch.cat(out, dim=1).numpy() if out else np.zeros((len(TTA_WEIGHTS[tta]), 0, 0), np.float32)
+
+
+def predict_logits(model, batches, tta: str, device, precision, desc=None) -> np.ndarray:
+    """Logits for every image of `batches`, averaged over the TTA views with their weights."""
+    return combine_views(predict_views(model, batches, tta, device, precision, desc), tta)
 
 
 class _Batches:
@@ -118,6 +122,9 @@ class _Feed:
 
     def predict(self, model, split: str, tta: str, precision: str, desc=None) -> np.ndarray:
         return predict_logits(model, self.eval_batches(split), tta, self.device, precision, desc)
+
+    def predict_views(self, model, split: str, tta: str, precision: str, desc=None) -> np.ndarray:
+        return predict_views(model, self.eval_batches(split), tta, self.device, precision, desc)
 
 
 class Images:

@@ -7,11 +7,10 @@ import torch
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "cosine", "triangle", "linear", "plateau", "constant")
-MUON_MOMENTUM = 0.6  # airbench94_muon's value for the filters (the SGD part uses --momentum)
 
 
 def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float, bias_lr_scale: float,
-                    muon_lr: float = 0.24):
+                    muon_lr: float = 0.24, muon_momentum: float = 0.6):
     """Two groups: normalisation-layer parameters, and everything else.
 
     The norm group gets lr * bias_lr_scale but the same decay per step (airbench's trick:
@@ -21,7 +20,7 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: 
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if name == "muon":
-        return _build_muon(model, lr, weight_decay, momentum, bias_lr_scale, muon_lr)
+        return _build_muon(model, lr, weight_decay, momentum, bias_lr_scale, muon_lr, muon_momentum)
     norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
     # Params frozen now (fastnet's whitening weight, its BN scales) stay out; one frozen later
@@ -44,7 +43,7 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: 
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def _build_muon(model, lr, weight_decay, momentum, bias_lr_scale, muon_lr):
+def _build_muon(model, lr, weight_decay, momentum, bias_lr_scale, muon_lr, muon_momentum):
     """airbench94_muon's split: conv filters (4-d weights) -> Muon without decay (it keeps their
     norm fixed instead); every bias and norm parameter (ndim <= 1) -> SGD at lr * bias_lr_scale;
     the rest (the head) -> SGD at lr. Both SGD groups decay lr * weight_decay per step."""
@@ -53,7 +52,7 @@ def _build_muon(model, lr, weight_decay, momentum, bias_lr_scale, muon_lr):
     vectors = [p for p in params if p.ndim <= 1]
     others = [p for p in params if p.ndim not in (0, 1, 4)]
     bias_lr = lr * bias_lr_scale
-    groups = [dict(params=filters, lr=muon_lr, momentum=MUON_MOMENTUM, weight_decay=0.0, muon=True),
+    groups = [dict(params=filters, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0, muon=True),
               dict(params=others, lr=lr, momentum=momentum, weight_decay=weight_decay, muon=False),
               dict(params=vectors, lr=bias_lr, momentum=momentum, weight_decay=weight_decay * lr / bias_lr,
                    muon=False)]

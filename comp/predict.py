@@ -1,7 +1,9 @@
 """`comp predict`: re-run prediction of a finished run with another TTA.
 
 The result is a new run (default name <run>_tta-<mode>) with the same weights, so a
-blend can measure exactly what TTA gains on out-of-fold rows.
+blend can measure exactly what TTA gains on out-of-fold rows. A run whose oof.npz/test.npz
+keep every TTA view's logits (`view_logits`, written by comp train) is re-scored with numpy
+for any TTA up to the one it was trained with; otherwise its model predicts again.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from .folds import load_prepared, split_fingerprint
 from .io import CompError, read_json, write_json, write_npz, write_text
 from .models import create_model
 from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
+from .augment import TTA_WEIGHTS, combine_views
 from .feed import make_feed, resolve_loader
 from .train import pick_device, pick_precision, scores
 
@@ -42,20 +45,12 @@ def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, ne
 def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
     config = read_json(src / "config.json")
     check_trained_on(config, src, prepared.label_map.hash, split_fingerprint(prepared.folds))
-    device = pick_device(device_name)
-    precision = pick_precision(config.get("precision", "auto"), device)
-    checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
-    model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
-                         img_size=config["img_size"], **config.get("model_kwargs", {}))
-    model.load_state_dict(checkpoint["state_dict"])
-    model = model.to(device).to(memory_format=torch.channels_last)
     in_fold = prepared.folds.fold.to_numpy() == config["fold"]
-    # The images come the way the run was trained on them (runs from before --loader: the cache).
-    loader = resolve_loader(config.get("loader", "cache"), prepared.has_cache, f"run {src} (trained from the cache)")
-    feed = make_feed(loader, prepared, device, stats=(config["mean"], config["std"]), val_rows=np.flatnonzero(in_fold),
-                     batch_size=config["batch_size"], eval_batch_size=batch_size)
-    oof_logits = feed.predict(model, "val", tta, precision, "predict oof")
-    test_logits = feed.predict(model, "test", tta, precision, "predict test")
+    views = _stored_views(src, tta)
+    if views:
+        oof_logits, test_logits = views
+    else:
+        oof_logits, test_logits = _predict_with_model(prepared, src, config, in_fold, tta, device_name, batch_size)
     y = prepared.label_map.encode(list(prepared.folds.label[in_fold]))
     metrics = {**read_json(src / "metrics.json"), **scores(oof_logits, y, prepared.label_map.num_classes),
                "tta": tta, "predicted_from": str(src)}
@@ -65,5 +60,32 @@ def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
               labels=y, fold=np.full(len(y), config["fold"]))
     write_npz(dst / "test.npz", ids=prepared.test.id.to_numpy().astype(str), logits=test_logits)
     write_json(dst / "metrics.json", metrics)
-    print(f"{dst}: OOF accuracy {metrics['accuracy']:.4f} with TTA {tta}")
+    print(f"{dst}: OOF accuracy {metrics['accuracy']:.4f} with TTA {tta}{' (from the stored views)' if views else ''}")
     return metrics
+
+
+def _stored_views(src, tta: str):
+    """(oof, test) logits of `tta` from the views comp train kept, or None where it kept too few."""
+    oof, test = np.load(src / "oof.npz"), np.load(src / "test.npz")
+    if "view_logits" not in oof.files or "view_logits" not in test.files:
+        return None
+    if len(oof["view_logits"]) < len(TTA_WEIGHTS[tta]):
+        return None
+    return combine_views(oof["view_logits"], tta), combine_views(test["view_logits"], tta)
+
+
+def _predict_with_model(prepared, src, config, in_fold, tta, device_name, batch_size):
+    device = pick_device(device_name)
+    precision = pick_precision(config.get("precision", "auto"), device)
+    checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
+    model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
+                         img_size=config["img_size"], **config.get("model_kwargs", {}))
+    model.load_state_dict(checkpoint["state_dict"])
+    model = model.to(device).to(memory_format=torch.channels_last)
+    # The images come the way the run was trained on them (runs from before --loader: the cache).
+    loader = resolve_loader(config.get("loader", "cache"), prepared.has_cache, f"run {src} (trained from the cache)")
+    feed = make_feed(loader, prepared, device, stats=(config["mean"], config["std"]), val_rows=np.flatnonzero(in_fold),
+                     batch_size=config["batch_size"], eval_batch_size=batch_size)
+    oof_logits = feed.predict(model, "val", tta, precision, "predict oof")
+    test_logits = feed.predict(model, "test", tta, precision, "predict test")
+    return oof_logits, test_logits

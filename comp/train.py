@@ -3,10 +3,13 @@
 Batches come from comp/feed.py: by default the training images stay a uint8 tensor on the
 training device and each batch is normalised and augmented there as whole-batch tensor ops,
 so the model (not a DataLoader) is the bottleneck; after `comp prepare --no-cache` (--loader
-albu) DataLoader workers read and augment the image files. Every epoch validates on the
-held-out fold, checkpoints (so --resume continues after a crash or kill -9), and keeps
-the best weights; at the end the best weights predict the fold's rows and the test set
-with TTA, and the logits are saved for blending.
+albu) DataLoader workers read and augment the image files. The recipe comes from
+comp/recipe.py's planner (every value the command line left unset, each with its reason);
+with --budget the number of steps is fitted to the clock after the first steps
+(comp/budget.py). Every epoch checkpoints (so --resume continues after a crash or kill -9)
+and, when the recipe reads it (early stopping, plateau), validates on the held-out fold. At
+the end one prediction pass per split keeps every TTA view's logits: the TTA score, the
+no-TTA score (the plain view) and `comp predict --tta` all come from it.
 
 Started by torchrun with several processes it trains one run with DistributedDataParallel:
 each rank trains on its shard of the rows, rank 0 validates and writes everything (see
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,31 +30,29 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import default_aug, parse_aug, pixel_params
+from .augment import parse_aug, pixel_params
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
+from .augment import combine_views
+from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets
+from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, default_workers, make_feed, resolve_loader
 from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
-from .models import create_model, model_info
+from .models import create_model
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
+from .recipe import RECIPE_FIELDS, DataShape, Plan, format_seconds, plan
 from .runs import RunLock, fold_dir, is_complete
 
-# Used where neither the model's recipe nor the command line says otherwise.
-# Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
-# swamp the loss; AdamW decays the weights directly, where 0.05 is the usual value.
-# Muon's filters take no decay (their norm is fixed); its SGD part (head, biases) uses the SGD value.
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05, "muon": 5e-4}
-BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=None,
-                   label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, aug=None,
-                   tta="flip", patience=0, grad_clip=0.0, muon_lr=0.24)
+# Views of the per-view logits kept in oof.npz/test.npz while they stay below this many floats.
+MAX_VIEW_FLOATS = 50_000_000
 
 
 @dataclass
 class TrainConfig:
-    arch: str
+    arch: str | None  # None: the planner's choice for the data (comp/recipe.py)
     fold: int
     name: str | None = None
     workdir: str = "."
@@ -65,9 +66,12 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     eval_batch_size: int = 1024
-    val_every: int = 1  # validate every N epochs (0: only after the last); patience counts validations
+    val_every: int | None = None  # validate every N epochs (0: only at the end); None: the planner's
     model_kwargs: dict = field(default_factory=dict)
-    # recipe: None means "the model's recipe, else BASE_RECIPE"
+    budget: float | None = None  # seconds for this fold (or, before train() splits it, for all folds)
+    budget_started: float | None = None  # time.monotonic() when the budget began (None: at train())
+    plan: dict = field(default_factory=dict)  # resolved: each recipe value's reason
+    # recipe: None means "the planner's value" (comp/recipe.py)
     epochs: float | None = None
     batch_size: int | None = None
     optimizer: str | None = None
@@ -83,21 +87,24 @@ class TrainConfig:
     patience: int | None = None
     grad_clip: float | None = None
     muon_lr: float | None = None  # --optimizer muon: the conv filters' lr (lr is the head's and biases')
+    muon_momentum: float | None = None  # --optimizer muon: the conv filters' momentum
 
-    def resolved(self, n_train: int, img_size: int, has_cache: bool = True) -> "TrainConfig":
+    def resolved(self, n_train: int, img_size: int, has_cache: bool = True, num_classes: int = 10) -> "TrainConfig":
+        """Every unset recipe value filled in by the planner, checked; `plan` holds the reasons."""
+        given = {key: getattr(self, key) for key in RECIPE_FIELDS + ("val_every",)}
+        if self.budget and self.epochs is not None:
+            raise CompError("--epochs and --budget both set the length of training: give one of them")
+        if self.budget is not None and not self.budget > 0:
+            raise CompError(f"--budget {self.budget}: must be a positive duration")
         try:
-            recipe = {**BASE_RECIPE, **model_info(self.arch)["recipe"]}
+            planned = plan(DataShape(img_size, n_train, num_classes), given, self.arch, self.model_kwargs,
+                           self.budget)
         except ValueError as exc:
             raise CompError(f"--arch: {exc}") from None
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key, default in recipe.items():
-            if values.get(key) is None:
-                values[key] = default
-        if values["weight_decay"] is None:
-            values["weight_decay"] = DEFAULT_WEIGHT_DECAY[values["optimizer"]]
-        values["name"] = self.name or self.arch.replace("/", "_")
+        values = {**{f.name: getattr(self, f.name) for f in fields(self)}, **planned.values, "plan": planned.reasons}
+        values["name"] = self.name or values["arch"].replace("/", "_")
         try:
-            augment = parse_aug(values["aug"] or default_aug(n_train, img_size))
+            augment = parse_aug(values["aug"])
         except ValueError as exc:
             raise CompError(f"--aug: {exc}") from None
         values["aug"] = augment.describe()
@@ -109,12 +116,27 @@ class TrainConfig:
                 raise CompError(f"--{key.replace('_', '-')} {values[key]}: must be a positive number")
         values["loader"] = resolve_loader(self.loader, has_cache)
         values["workers"] = default_workers() if self.workers is None else self.workers
-        if not isinstance(self.val_every, int) or self.val_every < 0:
-            raise CompError(f"--val-every {self.val_every}: need 0 (only after the last epoch) "
+        if not isinstance(values["val_every"], int) or values["val_every"] < 0:
+            raise CompError(f"--val-every {values['val_every']}: need 0 (only after the last epoch) "
                             f"or a whole number of epochs")
         if values["workers"] < 0:
             raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)
+
+    def plan_table(self) -> str:
+        """The resolved recipe, one value a line with its reason (`comp train --plan`)."""
+        keys = ("arch", "model_kwargs", "batch_size", "epochs", "optimizer", "lr", "muon_lr", "momentum",
+                "muon_momentum", "weight_decay", "bias_lr_scale", "label_smoothing", "schedule", "ema", "aug",
+                "tta", "val_every", "patience", "grad_clip")
+        if self.optimizer != "muon":
+            keys = tuple(k for k in keys if not k.startswith("muon"))
+        return Plan({k: getattr(self, k) for k in keys}, self.plan).table()
+
+
+def data_shape(prepared: Prepared, fold: int) -> DataShape:
+    """What the planner sees of fold `fold`'s training data."""
+    n_train = int((prepared.folds.fold.to_numpy() != fold).sum())
+    return DataShape(prepared.image_size, n_train, prepared.label_map.num_classes)
 
 
 def pick_precision(requested: str, device: torch.device) -> str:
@@ -133,6 +155,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     """`--fold all` trains the folds one after another; finished folds are skipped.
     Under torchrun the process group is created here once, for every fold, and destroyed at the end."""
     ctx = init_from_env(cfg.device)
+    if cfg.budget and cfg.budget_started is None:
+        cfg = replace(cfg, budget_started=time.monotonic())
     try:
         return _train_folds(cfg, ctx)
     finally:
@@ -142,18 +166,47 @@ def train(cfg: TrainConfig) -> list[dict]:
 def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     prepared = load_prepared(cfg.workdir)
     n_folds = int(prepared.folds.fold.max()) + 1
-    if cfg.fold == -1:
-        results = []
-        for k in range(n_folds):
-            path = fold_dir(cfg.workdir, cfg.name or cfg.arch.replace("/", "_"), k)
-            if run_on_main(is_complete, path) and not cfg.force:
-                ctx.print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
-                continue
-            results.append(train_fold(TrainConfig(**{**asdict(cfg), "fold": k}), prepared))
-        return results
-    if not 0 <= cfg.fold < n_folds:
+    if cfg.fold != -1 and not 0 <= cfg.fold < n_folds:
         raise CompError(f"--fold {cfg.fold}: folds.csv has folds 0..{n_folds - 1} (or use --fold all)")
-    return [train_fold(cfg, prepared)]
+    if cfg.fold != -1:
+        return [train_fold(cfg, prepared)]
+    name = cfg.name or (cfg.arch or plan(data_shape(prepared, 0), {}).values["arch"]).replace("/", "_")
+    todo = []
+    for k in range(n_folds):
+        path = fold_dir(cfg.workdir, name, k)
+        if run_on_main(is_complete, path) and not cfg.force:
+            ctx.print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
+        else:
+            todo.append(k)
+    results = []
+    for i, k in enumerate(todo):  # a budget for all folds: each fold gets an equal share of what is left
+        fold_cfg = replace(cfg, fold=k)
+        if cfg.budget:
+            budget = fold_budgets(cfg.budget, cfg.budget_started, len(todo) - i)
+            if budget <= 0:
+                raise CompError(f"--budget {format_seconds(cfg.budget)} is used up before fold {k}: "
+                                f"`comp train --fold all --budget ...` again trains the folds still missing")
+            fold_cfg = replace(fold_cfg, budget=budget, budget_started=time.monotonic())
+        results.append(train_fold(fold_cfg, prepared))
+    return results
+
+
+def show_plan(cfg: TrainConfig) -> TrainConfig:
+    """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all), nothing trained."""
+    prepared = load_prepared(cfg.workdir)
+    fold = max(cfg.fold, 0)
+    shape = data_shape(prepared, fold)
+    resolved = cfg.resolved(shape.n_train, shape.image_size, prepared.has_cache, shape.num_classes)
+    print(_plan_header(resolved, shape))
+    print(resolved.plan_table())
+    return resolved
+
+
+def _plan_header(cfg: TrainConfig, shape: DataShape) -> str:
+    budget = f", budget {format_seconds(cfg.budget)}" if cfg.budget else ""
+    return (f"plan for {cfg.name} fold {cfg.fold}: {shape.n_train} training images of {shape.image_size}px, "
+            f"{shape.num_classes} classes ({shape.per_class:.0f} per class), "
+            f"{max(1, shape.n_train // cfg.batch_size)} steps an epoch{budget}")
 
 
 def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
@@ -161,8 +214,12 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     (comp tune reports to Optuna there; raising from it stops training).
     Under DDP only rank 0 validates, writes and returns the metrics; the other ranks return {}."""
     ctx = init_from_env(cfg.device)
+    if cfg.budget and cfg.budget_started is None:
+        cfg = replace(cfg, budget_started=time.monotonic())
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
-    cfg = cfg.resolved(int((~in_fold).sum()), prepared.image_size, prepared.has_cache)
+    shape = data_shape(prepared, cfg.fold)
+    cfg = cfg.resolved(shape.n_train, shape.image_size, prepared.has_cache, shape.num_classes)
+    ctx.print(_plan_header(cfg, shape) + "\n" + cfg.plan_table())
     out = fold_dir(cfg.workdir, cfg.name, cfg.fold)
     if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
         raise CompError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
@@ -204,48 +261,60 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     if hasattr(model, "init_from_data"):  # on each rank's shard; DDP then copies rank 0's result
         model.init_from_data(feed.sample(5000))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale,
-                                cfg.muon_lr)
+                                cfg.muon_lr, cfg.muon_momentum)
     lookahead = Lookahead(model) if cfg.ema else None
     plateau = Plateau()
     steps_per_epoch = max(1, n_train // ctx.world_size // batch_size)  # the smallest shard's, on every rank
-    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     step_models = StepModel(model, ctx, cfg.compile)  # DDP around the model under torchrun
     eval_model = model if ctx.enabled else step_models.current()  # rank 0 validates alone: never DDP
 
-    state = dict(epoch=0, step=0, best_score=-math.inf, best_epoch=-1, bad_epochs=0, history=[])
+    state = dict(epoch=0, step=0, best_score=-math.inf, best_epoch=-1, bad_epochs=0, history=[],
+                 total_steps=math.ceil(steps_per_epoch * cfg.epochs), planned=not cfg.budget)
+    if cfg.budget:  # provisional until the first steps are timed: long enough to time them
+        state["total_steps"] = max(CALIBRATION_STEPS, state["total_steps"])
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
               "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
               "folds_fingerprint": split_fingerprint(prepared.folds), "n_train": n_train, "n_val": n_val,
-              "total_steps": total_steps, "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
-    ckpt = run_on_main(_read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
+              "total_steps": state["total_steps"], "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
+    ckpt = run_on_main(read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
     if ckpt:
-        run_on_main(_check_resumable, ckpt.get("config", {}), config, out)
-        state, best_weights = _load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device)
+        run_on_main(check_resumable, ckpt.get("config", {}), config, out)
+        state, best_weights = load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device)
+        state.setdefault("total_steps", config["total_steps"])  # checkpoints from before --budget
+        state.setdefault("planned", True)  # a resumed run keeps its plan (one killed before it: plans now)
+        config.update({k: ckpt["config"][k] for k in ("epochs", "tta", "total_steps") if k in ckpt["config"]})
+        cfg = replace(cfg, epochs=config["epochs"], tta=config["tta"])
         if ctx.enabled:  # per-rank random streams are not checkpointed
             torch.manual_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
-        ctx.print(f"resuming {out} at epoch {state['epoch']} (step {state['step']}/{total_steps})")
+        ctx.print(f"resuming {out} at epoch {state['epoch']} (step {state['step']}/{state['total_steps']})")
     if ctx.is_main:
         write_json(out / "config.json", config)
     writer = _tensorboard(out) if ctx.is_main else None
+    budgeted = cfg.budget and BudgetedRun(FoldClock(cfg.budget, cfg.budget_started), n_val + len(prepared.test),
+                                          cfg.tta, cfg.plan.get("tta") == "--tta")
     ddp = f", DDP {ctx.world_size} x batch {batch_size}" if ctx.enabled else ""
     files = f", image files via {cfg.workers} loader workers" if cfg.loader == "albu" else ""
     ctx.print(f"train {cfg.name} fold {cfg.fold}: {n_train} train / {n_val} val images, "
-              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {device} {precision}, aug {cfg.aug}{ddp}{files}")
+              f"{'budget ' + format_seconds(cfg.budget) if cfg.budget else f'{cfg.epochs} epochs'} x {steps_per_epoch} "
+              f"steps, {device} {precision}, aug {cfg.aug}{ddp}{files}")
+    # the last epoch's score comes from the final prediction's plain view unless something reads it first
+    validate_last = bool(cfg.patience or cfg.schedule == "plateau" or on_epoch)
 
-    while state["step"] < total_steps:
+    while state["step"] < state["total_steps"]:
         epoch = state["epoch"]
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch, cfg.epochs)
         step_model = step_models.current()  # DDP is rebuilt if the hook froze a parameter
         model.train()
         started = time.time()
-        n_steps = min(steps_per_epoch, total_steps - state["step"])
+        n_steps = min(steps_per_epoch, state["total_steps"] - state["step"])
         bar = tqdm(feed.train_batches(n_steps, epoch), total=n_steps, unit="step", leave=False,
-                   desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", disable=None if ctx.is_main else True)
+                   desc=f"epoch {epoch + 1}/{math.ceil(state['total_steps'] / steps_per_epoch)}",
+                   disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, target in bar:
-            multiplier = lr_multiplier(cfg.schedule, state["step"], total_steps) * plateau.multiplier
+            multiplier = lr_multiplier(cfg.schedule, state["step"], state["total_steps"]) * plateau.multiplier
             set_lr(optimizer, multiplier)
             with autocast(device, precision):
                 logits = step_model(x)
@@ -257,11 +326,19 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
             optimizer.step()
             state["step"] += 1
             if lookahead:
-                lookahead.step(state["step"], total_steps)
+                lookahead.step(state["step"], state["total_steps"])
             loss_sum += loss.detach() * len(x)
             hard = target if target.ndim == 1 else target.argmax(1)
             correct += (logits.detach().argmax(1) == hard).sum()
             seen += len(x)
+            if budgeted and not state["planned"]:  # the first steps fix the plan
+                fixed = budgeted.after_step(state["step"], model, x, device, precision)
+                if fixed:
+                    state.update(broadcast_object(fixed), planned=True)  # the same on every rank
+                    cfg = replace(cfg, tta=state["tta"])
+                    config.update(tta=cfg.tta)
+                if state["step"] >= state["total_steps"]:
+                    break
         if lookahead:
             lookahead.finish_epoch()
         if device.type == "cuda":
@@ -272,9 +349,9 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         row = dict(epoch=epoch + 1, step=state["step"], train_loss=loss_sum / seen, train_accuracy=correct / seen,
                    val_loss=math.nan, val_accuracy=math.nan, val_macro_f1=math.nan, lr=optimizer.param_groups[0]["lr"],
                    seconds=round(train_seconds, 2), images_per_second=round(seen / train_seconds, 1))
-        last = state["step"] >= total_steps
+        last = state["step"] >= state["total_steps"]
         stop = False
-        if ctx.is_main and (last or (cfg.val_every and (epoch + 1) % cfg.val_every == 0)):
+        if ctx.is_main and ((last and validate_last) or (cfg.val_every and (epoch + 1) % cfg.val_every == 0)):
             # validation and every file are rank 0's; the others wait for its decision
             stop = _validate(cfg, row, feed, eval_model, y_val, precision, plateau, state)
             if state["best_epoch"] == epoch + 1:
@@ -284,13 +361,18 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
             _log_epoch(row, writer)
             if on_epoch and not math.isnan(row["val_accuracy"]):
                 on_epoch(row)
-        stop, plateau.multiplier = broadcast_object((stop, plateau.multiplier))  # the same on every rank
         state["epoch"] = epoch + 1
+        if budgeted and budgeted.calibrated and not last:  # refit: the rate now includes validation, saving
+            state["total_steps"] = budgeted.refit(state["step"])
+        stop, plateau.multiplier, state["total_steps"] = broadcast_object(
+            (stop, plateau.multiplier, state["total_steps"]))  # the same on every rank
+        if cfg.budget:  # the plan so far, for a resume
+            config.update(total_steps=state["total_steps"], epochs=round(state["total_steps"] / steps_per_epoch, 3))
         if stop:
             ctx.print(f"early stopping: no improvement for {cfg.patience} epochs; best epoch {state['best_epoch']}")
-            state["step"] = total_steps
+            state["total_steps"] = state["step"]
         if ctx.is_main:
-            _save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights, config)
+            save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights, config)
             write_csv(out / "history.csv", pd.DataFrame(state["history"]))
 
     if not ctx.is_main:
@@ -298,6 +380,9 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     if cfg.patience:  # early stopping restores the best epoch; that choice used the fold's labels
         model.load_state_dict(best_weights)
     state["weights_epoch"] = state["best_epoch"] if cfg.patience else state["epoch"]
+    if cfg.budget:
+        config.update(epochs=round(state["step"] / steps_per_epoch, 3), total_steps=state["step"])
+        write_json(out / "config.json", config)  # the epochs the budget fitted
     return _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer)
 
 
@@ -316,23 +401,30 @@ def _validate(cfg, row, feed, model, y_val, precision, plateau, state) -> bool:
 
 
 def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer) -> dict:
-    """Best weights -> TTA logits for the fold's rows and the test set; metrics.json last."""
+    """Final weights -> one prediction pass per split keeping every TTA view; metrics.json last."""
     started = time.time()
-    oof_logits = feed.predict(model, "val", cfg.tta, precision, "predict oof")
-    test_logits = feed.predict(model, "test", cfg.tta, precision, "predict test")
+    oof_views = feed.predict_views(model, "val", cfg.tta, precision, "predict oof")
+    test_views = feed.predict_views(model, "test", cfg.tta, precision, "predict test")
+    oof_logits, test_logits = combine_views(oof_views, cfg.tta), combine_views(test_views, cfg.tta)
     num_classes = prepared.label_map.num_classes
     metrics = scores(oof_logits, y_val, num_classes)
-    plain = state["history"][state["weights_epoch"] - 1] if state["weights_epoch"] > 0 else {}
-    no_tta = plain.get("val_accuracy")
-    no_tta = None if no_tta is None or math.isnan(no_tta) else no_tta
-    metrics.update(tta=cfg.tta, accuracy_no_tta=no_tta, best_epoch=state["best_epoch"],
+    plain = scores(oof_views[0], y_val, num_classes)  # the identity view: the no-TTA score
+    last = state["history"][-1] if state["history"] else {}
+    if last and math.isnan(last["val_accuracy"]) and state["weights_epoch"] == last["epoch"]:
+        last.update(val_loss=plain["log_loss"], val_accuracy=plain["accuracy"], val_macro_f1=plain["macro_f1"])
+        write_csv(out / "history.csv", pd.DataFrame(state["history"]))
+        _log_epoch(last, writer, echo=False)
+    metrics.update(tta=cfg.tta, accuracy_no_tta=plain["accuracy"], best_epoch=state["best_epoch"],
                    weights_epoch=state["weights_epoch"], epoch_chosen_on_oof_labels=bool(cfg.patience),
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
-                   n_oof=int(len(y_val)), n_test=int(len(test_logits)))
+                   n_oof=int(len(y_val)), n_test=int(len(test_logits)), budget=cfg.budget,
+                   steps=state["step"], epochs=config["epochs"])
+    views = {"view_logits": oof_views} if oof_views.size + test_views.size <= MAX_VIEW_FLOATS else {}
     write_npz(out / "oof.npz", ids=prepared.folds.id.to_numpy()[in_fold].astype(str), logits=oof_logits,
-              labels=y_val, fold=np.full(len(y_val), cfg.fold))
-    write_npz(out / "test.npz", ids=prepared.test.id.to_numpy().astype(str), logits=test_logits)
+              labels=y_val, fold=np.full(len(y_val), cfg.fold), **views)
+    views = {"view_logits": test_views} if views else {}
+    write_npz(out / "test.npz", ids=prepared.test.id.to_numpy().astype(str), logits=test_logits, **views)
     save_torch(out / "model.pt", {"state_dict": model.state_dict(), "config": config})
     write_json(out / "metrics.json", metrics)
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -340,51 +432,9 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
         writer.add_scalar("oof/accuracy_tta", metrics["accuracy"], state["epoch"])
         writer.close()
     print(f"{cfg.name} fold {cfg.fold}: OOF accuracy {metrics['accuracy']:.4f} (TTA {cfg.tta}; "
-          f"no TTA {float('nan') if metrics['accuracy_no_tta'] is None else metrics['accuracy_no_tta']:.4f}), macro-F1 {metrics['macro_f1']:.4f}, "
+          f"no TTA {metrics['accuracy_no_tta']:.4f}), macro-F1 {metrics['macro_f1']:.4f}, "
           f"log loss {metrics['log_loss']:.4f}, weights of epoch {state['weights_epoch']} -> {out}")
     return metrics
-
-
-RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "muon_lr", "model_kwargs", "img_size",
-               "loader", "label_hash", "folds_fingerprint")
-
-
-def _check_resumable(saved: dict, now: dict, out: Path) -> None:
-    """A resumed run must continue the same recipe on the same split, or its record would lie."""
-    # Only keys the checkpoint recorded: older checkpoints (no config, fewer keys) still resume.
-    changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in RESUME_KEYS if k in saved and saved[k] != now.get(k)]
-    if changed:
-        raise CompError(f"{out}: cannot resume with a different recipe or split ({'; '.join(changed)}); "
-                        f"resume with the original flags, or --force to start over")
-
-
-def _save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weights, config) -> None:
-    save_torch(path, {"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "lookahead": lookahead.state_dict() if lookahead else None,
-                      "plateau": plateau.state_dict(), "state": state, "best_weights": best_weights,
-                      "rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
-
-
-def _read_checkpoint(path: Path):
-    """On the CPU: it may be sent to other ranks, and the RNG states must be CPU tensors."""
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
-
-
-def _load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device):
-    def to_device(tensors):
-        return tensors and {k: v.to(device) for k, v in tensors.items()}
-
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
-    if lookahead and ckpt["lookahead"]:
-        lookahead.load_state_dict({"average": to_device(ckpt["lookahead"]["average"])})
-    plateau.load_state_dict(ckpt["plateau"])
-    torch.set_rng_state(ckpt["rng"])
-    if ckpt.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    return ckpt["state"], to_device(ckpt["best_weights"])
 
 
 def _tensorboard(out: Path):
@@ -395,12 +445,13 @@ def _tensorboard(out: Path):
     return SummaryWriter(log_dir=str(out / "tb"))
 
 
-def _log_epoch(row: dict, writer) -> None:
+def _log_epoch(row: dict, writer, echo: bool = True) -> None:
     validated = not math.isnan(row["val_accuracy"])
     val = (f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}  F1 {row['val_macro_f1']:.4f}  "
            if validated else "(not validated)  ")
-    print(f"  epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
-          f"{val}lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+    if echo:
+        print(f"  epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
+              f"{val}lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
     if writer:
         keys = ("train_loss", "train_accuracy", "lr")
         keys += ("val_loss", "val_accuracy", "val_macro_f1") if validated else ()

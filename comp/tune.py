@@ -197,7 +197,7 @@ class Objective:
         trial.set_user_attr("run", str(fold_dir(".", run, self.opts.fold)))  # relative to the workdir
         cfg = TrainConfig(arch=self.opts.arch, fold=self.opts.fold, name=run, workdir=self.opts.workdir,
                           seed=self.opts.train_seed, device=self.opts.device, precision=self.opts.precision,
-                          force=True, **fields)
+                          force=True, val_every=1, **fields)  # pruning reads every epoch's score
         scores = []
 
         def on_epoch(row):

@@ -1,7 +1,7 @@
 """The search space of `comp tune`: defaults from the architecture's recipe, a YAML/TOML
 override file, and the mapping of a trial's parameters onto TrainConfig fields.
 
-Default space (centred on the recipe, i.e. BASE_RECIPE updated by model_info(arch)["recipe"]):
+Default space (centred on the architecture's recipe, comp/recipe.py arch_recipe):
   lr               float, log   [recipe lr / 10, recipe lr * 3]
   batch_size       categorical  [recipe / 2, recipe, recipe * 2]
   weight_decay     float, log   [recipe / 10, recipe * 10]
@@ -18,7 +18,8 @@ Override file (YAML or TOML), one entry per parameter; a plain value fixes the p
   optimizer: {type: categorical, choices: [adam, adamw]}
   epochs: 10
 Parameters: the recipe fields of TrainConfig (lr, batch_size, weight_decay, label_smoothing,
-epochs, momentum, optimizer, schedule, bias_lr_scale, ema, tta, patience, grad_clip, muon_lr, aug)
+epochs, momentum, optimizer, schedule, bias_lr_scale, ema, tta, patience, grad_clip, muon_lr, muon_momentum,
+aug)
 plus dropout, translate and cutout. translate/cutout rewrite the recipe's augmentation
 string (its shift op and cutout are replaced; flip and the rest are kept).
 """
@@ -31,8 +32,10 @@ from pathlib import Path
 
 from .augment import TTA_MODES, BatchAugment, parse_aug
 from .io import CompError
-from .models import create_model, model_info
+from .models import create_model
 from .optim import OPTIMIZERS, SCHEDULES
+from .recipe import RECIPE_FIELDS, arch_recipe
+
 _SHIFT_OPS = ("translate", "translate_wrap", "crop")  # augment.py allows one of these at a time
 
 
@@ -61,13 +64,12 @@ PARAMS = {
     "patience": (_integer(lambda v: v >= 0), "an integer >= 0"),
     "grad_clip": (_number(lambda v: v >= 0), "a number >= 0"),
     "muon_lr": (_number(lambda v: v > 0), "a number > 0"),
+    "muon_momentum": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "aug": (lambda v: isinstance(v, str), "an augmentation string such as 'flip,translate:2'"),
     "dropout": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "translate": (_integer(lambda v: 0 <= v), "an integer >= 0 (pixels)"),
     "cutout": (_integer(lambda v: 0 <= v), "an integer >= 0 (pixels)"),
 }
-RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-                 "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "grad_clip", "muon_lr")
 _SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
               "categorical": {"type", "choices"}}
 
@@ -100,15 +102,6 @@ class Param:
         return f"{self.type} [{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
 
 
-def recipe(arch: str) -> dict:
-    from . import train  # imported here: train is heavy and imports this package's users
-
-    merged = {**train.BASE_RECIPE, **model_info(arch)["recipe"]}
-    if merged.get("weight_decay") is None:  # the trainer then uses its per-optimizer default
-        merged["weight_decay"] = getattr(train, "DEFAULT_WEIGHT_DECAY", {}).get(merged["optimizer"])
-    return merged
-
-
 @functools.lru_cache(maxsize=None)
 def dropout_kwarg(arch: str) -> str | None:
     """The constructor argument that sets the model's dropout, or None. Our models call it
@@ -124,7 +117,7 @@ def dropout_kwarg(arch: str) -> str | None:
 
 
 def default_space(arch: str, img_size: int) -> dict[str, Param]:
-    r = recipe(arch)
+    r = arch_recipe(arch)
     batch = int(r["batch_size"])
     decay = r["weight_decay"] or 1e-4  # a recipe without decay still gets a range to explore
     epochs = float(r["epochs"])
@@ -276,7 +269,7 @@ def params_to_fields(arch: str, params: dict) -> dict:
             raise CompError(f"the tuned parameters set dropout but {arch} has no dropout argument")
         fields["model_kwargs"] = {kwarg: float(params["dropout"])}
     if "translate" in params or "cutout" in params:
-        base = fields.get("aug") or recipe(arch).get("aug") or "flip"
+        base = fields.get("aug") or arch_recipe(arch).get("aug") or "flip"
         fields["aug"] = tuned_aug(base, params.get("translate"), params.get("cutout"))
     return fields
 

@@ -140,7 +140,8 @@ def test_cli_end_to_end(tmp_path, workdir, capsys, monkeypatch):
     assert main(["prepare", "--data", str(archive), "--folds", "3"]) == 0
     assert main(["train", "--arch", "custom_cnn", "--fold", "0", "--epochs", "1", "--batch-size", "8"]) == 0
     assert main(["train", "--fold", "1", "--epochs", "1", "--batch-size", "8", "--tta", "none"]) == 0
-    assert "fastnet, the default for 16px images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "arch             fastnet                    airbench94's net for 16px images" in out  # the plan table
     assert (workdir / "runs" / "fastnet" / "fold1" / "metrics.json").exists()
     assert main(["train", "--arch", "custom_cnn", "--fold", "0", "--epochs", "1"]) == 2  # finished: no overwrite
     assert "already complete" in capsys.readouterr().err

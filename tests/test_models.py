@@ -13,7 +13,7 @@ from comp.models import count_params, create_model, list_models, model_info, reg
 ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
          "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_s2d", "fastnet_l_s2d"]
 RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-               "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr"}
+               "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr", "muon_momentum"}
 NUM_CLASSES = 10
 
 
@@ -183,7 +183,7 @@ def test_fastnet_freezes_whitening_bias_after_epoch_3():
 def test_fastnet_shapes_and_recipe():
     assert len(create_model("fastnet", img_size=32).groups) == 3
     assert len(create_model("fastnet", img_size=64).groups) == 4
-    from comp.models.fastnet import FASTNET_SGD_RECIPE
+    from comp.recipe import FASTNET_SGD_RECIPE
 
     sgd = FASTNET_SGD_RECIPE  # airbench94
     assert sgd["lr"] == pytest.approx(11.5 / (1 + 1 / 0.15))  # 1.5

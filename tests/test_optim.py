@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from comp.models import create_model
-from comp.optim import MUON_MOMENTUM, Muon, build_optimizer, lr_multiplier, orthogonalize
+from comp.optim import Muon, build_optimizer, lr_multiplier, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (32, 32)])
@@ -28,9 +28,10 @@ def test_orthogonalize_flattens_the_spectrum(shape):
 
 def test_muon_splits_filters_head_and_biases():
     model = create_model("fastnet", num_classes=10, img_size=32)
-    opt = build_optimizer(model, "muon", lr=2.0, weight_decay=1e-3, momentum=0.85, bias_lr_scale=64, muon_lr=0.3)
+    opt = build_optimizer(model, "muon", lr=2.0, weight_decay=1e-3, momentum=0.85, bias_lr_scale=64, muon_lr=0.3,
+                          muon_momentum=0.55)
     muon, head, biases = opt.param_groups
-    assert muon["muon"] and muon["lr"] == 0.3 and muon["momentum"] == MUON_MOMENTUM and muon["weight_decay"] == 0
+    assert muon["muon"] and muon["lr"] == 0.3 and muon["momentum"] == 0.55 and muon["weight_decay"] == 0
     assert all(p.ndim == 4 and p.requires_grad for p in muon["params"])
     assert [tuple(p.shape) for p in head["params"]] == [(10, 256)] and head["lr"] == 2.0
     assert all(p.ndim == 1 for p in biases["params"]) and biases["lr"] == 128.0

@@ -31,50 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE
 from . import register_model
 
 WHITEN_EPS = 5e-4
-KILOSTEP_MOMENTUM = 0.85
-
-
-def _airbench_lr_wd(lr_hyp: float, wd_hyp: float = 0.0153, momentum: float = KILOSTEP_MOMENTUM,
-                    batch_size: int = 1024) -> tuple[float, float]:
-    """Translate airbench's hyperparameters into PyTorch SGD (lr, weight_decay) for a MEAN loss.
-
-    airbench sums the loss over the batch and uses
-        kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
-        lr_sum = lr_hyp / kilostep_scale,  decay_per_step = wd_hyp * batch_size / kilostep_scale
-        weight_decay_sum = decay_per_step / lr_sum
-    A mean-reduced loss has 1/batch_size the gradient, so lr_mean = lr_sum * batch_size, and
-    the per-step decay lr * wd must stay equal: wd_mean = decay_per_step / lr_mean.
-    airbench94 (lr_hyp 11.5, batch 1024): lr_mean = 11.5 / (1 + 1/0.15) = 1.5, wd_mean = 1.33e-3.
-    """
-    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
-    lr_sum = lr_hyp / kilostep_scale
-    decay_per_step = wd_hyp * batch_size / kilostep_scale
-    lr_mean = lr_sum * batch_size
-    return lr_mean, decay_per_step / lr_mean
-
-
-def _airbench_muon_head_lr(batch_size: int, head_lr_sum: float = 0.67, width: int = 256) -> float:
-    """airbench94_muon's head lr (0.67 for a SUMMED loss, output scaled by 1/width, head weight
-    initialised at std 1) in this net's terms (MEAN loss, output x 1/9, default init, whose std
-    is ~9/width times airbench's): w_here = w_muon * 9/width, so a step of lr on the mean loss
-    equals airbench's when lr = head_lr_sum * (9/width)**2 * batch_size (1.656 at batch 2000).
-    Its decay of 2e-6 * batch per step becomes weight_decay = 2e-6 * batch / lr (2.415e-3 at
-    any batch). Muon's own lr (0.24) needs no translation: its steps do not depend on the
-    gradient's scale."""
-    return head_lr_sum * (9 / width) ** 2 * batch_size
-
-
-def _fastnet_muon_recipe(batch_size: int = 2000, epochs: float = 8, width: int = 256) -> dict:
-    """airbench94_muon's hyperparameters; width: the last group's (its head scaling is 1/width)."""
-    lr = _airbench_muon_head_lr(batch_size, width=width)
-    bias_lr = 0.053 * batch_size  # airbench's 0.053 on a summed loss
-    return dict(optimizer="muon", batch_size=batch_size, epochs=epochs, lr=round(lr, 4), muon_lr=0.24,
-                momentum=KILOSTEP_MOMENTUM, weight_decay=round(2e-6 * batch_size / lr, 7),
-                bias_lr_scale=round(bias_lr / lr, 2),
-                label_smoothing=0.2, schedule="linear", ema=False, aug="altflip,translate:2", tta="flip+shift")
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -183,29 +143,7 @@ class FastNet(nn.Module):
         return self.head(x) * self.scaling_factor
 
 
-def _fastnet_recipe(lr_hyp: float, epochs: float) -> dict:
-    lr, weight_decay = _airbench_lr_wd(lr_hyp)
-    return dict(optimizer="sgd", batch_size=1024, epochs=epochs, lr=round(lr, 6),
-                momentum=KILOSTEP_MOMENTUM, weight_decay=round(weight_decay, 8),
-                bias_lr_scale=64.0, label_smoothing=0.2, schedule="triangle", ema=True,
-                aug="flip,translate:2", tta="flip+shift")
-
-
-# airbench94 in PyTorch units for a mean-reduced loss at batch 1024 (see _airbench_lr_wd):
-#   lr 1.5, weight_decay 1.3304e-3 (per-step decay lr*wd = 0.0153*1024/7850.67 = 2.0e-3),
-#   Nesterov momentum 0.85. bias_lr_scale 64 is airbench's bias_scaler; airbench also divides
-#   the biases' weight_decay by 64 so their per-step decay is unchanged: the trainer should do
-#   the same (and airbench applies the scaler to the whitening bias too).
-#   "triangle" = airbench's schedule: lr factor 0.2 -> 1.0 at 23% of steps -> 0.07 at the end.
-#   epochs 9.9 is airbench94's value. lr and momentum assume batch 1024: rescale lr linearly
-#   if the batch size changes.
-FASTNET_SGD_RECIPE = _fastnet_recipe(lr_hyp=11.5, epochs=9.9)
-# The default: airbench94_muon (Muon on the filters, SGD on head and biases, 8 epochs, batch 2000,
-# linear decay, alternating flip). bias_lr_scale 64 = its 0.053 / 0.67 * (width/9)**2. On CIFAR-10
-# fold 0 (CPU) it gave 0.9059 OOF against 0.8997 for the SGD recipe's 9.9 epochs (BENCHMARKS.md).
-FASTNET_RECIPE = _fastnet_muon_recipe()
-# airbench95: widths 128/384/384, lr_hyp 11.5 * 0.87 = 10.0 (lr 1.3043, wd 1.53e-3), 15 epochs.
-FASTNET_L_RECIPE = _fastnet_recipe(lr_hyp=10.0, epochs=15)
+# The recipes (airbench94_muon's by default; airbench94/95's SGD ones) live in comp/recipe.py.
 
 
 @register_model(
@@ -236,7 +174,7 @@ def fastnet_s2d(num_classes, in_chans, img_size, **kw):
 
 @register_model(
     description="fastnet_l for 64px+: fastnet_s2d's pixel folding with the wider 128/384/384 groups",
-    recipe=_fastnet_muon_recipe(width=384),
+    recipe=FASTNET_L_MUON_RECIPE,
 )
 def fastnet_l_s2d(num_classes, in_chans, img_size, **kw):
     kw.setdefault("space_to_depth", 2)

@@ -1,0 +1,123 @@
+"""`comp train --budget`: fit a fold's training and prediction inside a wall-clock budget.
+
+The arithmetic, kept apart from the training loop so it can be tested without training:
+
+    clock = FoldClock(seconds, started)             # started: when the budget began (time.monotonic)
+    # after the first CALIBRATION_STEPS steps of real training:
+    tta = clock.choose_tta("flip+shift", seconds_per_view)      # fewer views if they cost too much
+    total = clock.fit_steps(step, seconds_per_step, predict_seconds)
+    # after every epoch, with the measured wall time per step (validation, checkpoints included):
+    total = clock.fit_steps(step, seconds_per_step, predict_seconds)
+
+The first step pays one-off costs (allocations, kernel selection), so the rate is timed over the
+steps after it. Refitting after every epoch keeps the end on time when the machine slows down or
+speeds up mid-run; the linear schedules then stretch or shrink smoothly. A small safety margin
+covers what is not measured (writing the outputs, process exit).
+"""
+from __future__ import annotations
+
+import time
+
+from .augment import TTA_MODES, TTA_WEIGHTS
+
+CALIBRATION_STEPS = 4  # step 1 pays warm-up; steps 2..4 time the rate
+SAFETY = 0.03  # of the budget, kept for what is not measured
+TTA_SHARE = 0.10  # TTA views may take at most this share of the budget
+PREDICT_OVERHEAD = 1.15  # eval batches and view making cost a little more than the timed forward
+
+
+def fold_budgets(total: float, started: float, folds_left: int, now: float | None = None) -> float:
+    """The next fold's share of what is left of a budget for several folds."""
+    now = time.monotonic() if now is None else now
+    return max(0.0, total - (now - started)) / max(1, folds_left)
+
+
+class FoldClock:
+    def __init__(self, seconds: float, started: float):
+        self.seconds, self.started = float(seconds), float(started)
+        self.deadline = self.started + self.seconds * (1 - SAFETY)
+
+    def left(self, now: float | None = None) -> float:
+        return self.deadline - (time.monotonic() if now is None else now)
+
+    def predict_seconds(self, n_images: int, tta: str, seconds_per_image: float) -> float:
+        return n_images * len(TTA_WEIGHTS[tta]) * seconds_per_image * PREDICT_OVERHEAD
+
+    def choose_tta(self, widest: str, n_images: int, seconds_per_image: float) -> str:
+        """The widest TTA mode up to `widest` whose prediction fits in TTA_SHARE of the budget
+        (prediction with no TTA is always paid: the fold must be predicted)."""
+        allowed = TTA_MODES[: TTA_MODES.index(widest) + 1]
+        fitting = [m for m in allowed
+                   if self.predict_seconds(n_images, m, seconds_per_image) <= TTA_SHARE * self.seconds]
+        return fitting[-1] if fitting else "none"
+
+    def fit_steps(self, step: int, seconds_per_step: float, predict_seconds: float,
+                  now: float | None = None) -> int:
+        """Total steps such that the remaining ones and the prediction end by the deadline
+        (never fewer than `step`: an overrun ends training at once)."""
+        left = self.left(now) - predict_seconds
+        return step + max(0, int(left / max(seconds_per_step, 1e-9)))
+
+
+class BudgetedRun:
+    """The clock's side of one budgeted fold's training loop.
+
+        run = BudgetedRun(clock, n_predict, tta, tta_given)
+        # after every training step, until it returns a plan:
+        plan = run.after_step(step, model, x, device, precision)   # {"total_steps", "tta"} or None
+        # after every epoch:
+        total = run.refit(step)
+    """
+
+    def __init__(self, clock: FoldClock, n_predict: int, tta: str, tta_given: bool):
+        self.clock, self.n_predict, self.tta, self.tta_given = clock, n_predict, tta, tta_given
+        self.t0 = self.step0 = self.per_image = None
+
+    def after_step(self, step: int, model, x, device, precision) -> dict | None:
+        now = time.monotonic()
+        if self.t0 is None:  # the first step (of this process) pays warm-up: time from its end
+            self.t0, self.step0 = now, step
+            return None
+        if step - self.step0 < CALIBRATION_STEPS - 1:
+            return None
+        per_step = (now - self.t0) / (step - self.step0)
+        sample = x[:256]
+        self.per_image = inference_seconds(model, sample, device, precision)
+        self.t0 += time.monotonic() - now  # timing inference is not training
+        if not self.tta_given:
+            self.tta = self.clock.choose_tta(self.tta, self.n_predict, self.per_image)
+        total = self.clock.fit_steps(step, per_step, self.predict_seconds())
+        print(f"budget plan: {per_step:.2f} s a step ({len(x) / per_step:.0f} img/s), TTA {self.tta} "
+              f"({self.n_predict} images, {self.per_image * 1e3:.2f} ms an image a view): "
+              f"{total} steps in all, to end inside {self.clock.seconds:.0f} s")
+        return {"total_steps": total, "tta": self.tta}
+
+    def refit(self, step: int) -> int:
+        """Total steps from the wall time per step since calibration (validation, saving included)."""
+        per_step = (time.monotonic() - self.t0) / max(1, step - self.step0)
+        return self.clock.fit_steps(step, per_step, self.predict_seconds())
+
+    def predict_seconds(self) -> float:
+        return self.clock.predict_seconds(self.n_predict, self.tta, self.per_image)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.per_image is not None
+
+
+def inference_seconds(model, x, device, precision) -> float:
+    """Seconds per image of one eval forward pass (the second of two: the first pays warm-up)."""
+    import torch
+
+    from .feed import autocast
+
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(2):
+            started = time.monotonic()
+            with autocast(device, precision):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    model.train()
+    return (time.monotonic() - started) / len(x)

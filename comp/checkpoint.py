@@ -1,0 +1,56 @@
+"""The resumable state of a training fold: checkpoint.pt, written after every epoch.
+
+A run killed at any moment continues with `comp train --resume` from its last epoch: weights,
+optimizer, lookahead and plateau state, the epoch/step counters, the budgeted plan (total steps)
+and the random streams. A resumed run must continue the same recipe on the same split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .io import CompError, save_torch
+
+RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
+               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "muon_lr", "muon_momentum", "model_kwargs",
+               "img_size", "loader", "label_hash", "folds_fingerprint")
+
+
+def check_resumable(saved: dict, now: dict, out: Path) -> None:
+    """A resumed run must continue the same recipe on the same split, or its record would lie."""
+    # Only keys the checkpoint recorded: older checkpoints (no config, fewer keys) still resume.
+    # A budgeted run's epochs were fitted to the clock: the checkpoint's plan is kept instead.
+    keys = [k for k in RESUME_KEYS if not (k == "epochs" and saved.get("budget"))]
+    changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in keys if k in saved and saved[k] != now.get(k)]
+    if changed:
+        raise CompError(f"{out}: cannot resume with a different recipe or split ({'; '.join(changed)}); "
+                        f"resume with the original flags, or --force to start over")
+
+
+def save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weights, config) -> None:
+    save_torch(path, {"config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "lookahead": lookahead.state_dict() if lookahead else None,
+                      "plateau": plateau.state_dict(), "state": state, "best_weights": best_weights,
+                      "rng": torch.get_rng_state(),
+                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+
+
+def read_checkpoint(path: Path):
+    """On the CPU: it may be sent to other ranks, and the RNG states must be CPU tensors."""
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device):
+    def to_device(tensors):
+        return tensors and {k: v.to(device) for k, v in tensors.items()}
+
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
+    if lookahead and ckpt["lookahead"]:
+        lookahead.load_state_dict({"average": to_device(ckpt["lookahead"]["average"])})
+    plateau.load_state_dict(ckpt["plateau"])
+    torch.set_rng_state(ckpt["rng"])
+    if ckpt.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    return ckpt["state"], to_device(ckpt["best_weights"])

@@ -1,0 +1,259 @@
+"""Every training default in one place, and the planner that fills in what the command line left unset.
+
+A recipe is a flat dict (airbench's `hyp`): BASE_RECIPE, updated by the architecture's own
+recipe (registered with the model: comp/models/<family>.py), updated by what the planner derives
+from the data, updated by the command line. `plan()` does that merge, once, for `comp train`,
+`comp tune` and the benchmark scripts, and says for every value where it came from and why.
+
+What the planner derives from the data (`DataShape`: image size, training images, classes):
+  arch        fastnet (airbench94's net) up to 48px; above, fastnet_s2d, which folds f x f pixel
+              blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at about 32px cost
+  batch       the recipe's, but at most one 40th of the training images (at least 16): a short
+              schedule needs steps, and 12,000 images at batch 2000 give 6 an epoch
+  lr          rescaled to the batch from the recipe's: linear for SGD and Muon's head/biases
+              (their lr is for a mean loss), sqrt for Adam/AdamW and for Muon's filters
+  aug         the recipe's shift scaled to the image (translate:2 at 32px is 4 at 64px)
+  val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
+  epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py)
+  tta         the recipe's; with --budget the widest whose measured cost fits (comp/budget.py)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# ----------------------------------------------------------------------------- the recipes
+
+# Used where neither the model's recipe nor the command line says otherwise.
+BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=None,
+                   label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, aug=None,
+                   tta="flip", patience=0, grad_clip=0.0, muon_lr=0.24, muon_momentum=0.6)
+RECIPE_FIELDS = tuple(BASE_RECIPE)
+# Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
+# swamp the loss; AdamW decays the weights directly, where 0.05 is the usual value.
+# Muon's filters take no decay (their norm is fixed); its SGD part (head, biases) uses the SGD value.
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05, "muon": 5e-4}
+
+KILOSTEP_MOMENTUM = 0.85  # airbench's SGD momentum (head and biases)
+MIN_STEPS_PER_EPOCH = 40  # the planner's batch leaves at least this many steps an epoch
+MIN_BATCH = 16
+REFERENCE_SIZE = 32  # the px the fastnet recipes' shifts were written for
+
+
+def airbench_lr_wd(lr_hyp: float, wd_hyp: float = 0.0153, momentum: float = KILOSTEP_MOMENTUM,
+                   batch_size: int = 1024) -> tuple[float, float]:
+    """Translate airbench's hyperparameters into PyTorch SGD (lr, weight_decay) for a MEAN loss.
+
+    airbench sums the loss over the batch and uses
+        kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+        lr_sum = lr_hyp / kilostep_scale,  decay_per_step = wd_hyp * batch_size / kilostep_scale
+        weight_decay_sum = decay_per_step / lr_sum
+    A mean-reduced loss has 1/batch_size the gradient, so lr_mean = lr_sum * batch_size, and
+    the per-step decay lr * wd must stay equal: wd_mean = decay_per_step / lr_mean.
+    airbench94 (lr_hyp 11.5, batch 1024): lr_mean = 11.5 / (1 + 1/0.15) = 1.5, wd_mean = 1.33e-3.
+    """
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    lr_sum = lr_hyp / kilostep_scale
+    decay_per_step = wd_hyp * batch_size / kilostep_scale
+    lr_mean = lr_sum * batch_size
+    return lr_mean, decay_per_step / lr_mean
+
+
+def airbench_muon_head_lr(batch_size: int, head_lr_sum: float = 0.67, width: int = 256) -> float:
+    """airbench94_muon's head lr (0.67 for a SUMMED loss, output scaled by 1/width, head weight
+    initialised at std 1) in fastnet's terms (MEAN loss, output x 1/9, default init, whose std
+    is ~9/width times airbench's): w_here = w_muon * 9/width, so a step of lr on the mean loss
+    equals airbench's when lr = head_lr_sum * (9/width)**2 * batch_size (1.656 at batch 2000).
+    Its decay of 2e-6 * batch per step becomes weight_decay = 2e-6 * batch / lr (2.415e-3 at
+    any batch). Muon's own lr (0.24) needs no translation: its steps do not depend on the
+    gradient's scale."""
+    return head_lr_sum * (9 / width) ** 2 * batch_size
+
+
+def fastnet_muon_recipe(batch_size: int = 2000, epochs: float = 8, width: int = 256) -> dict:
+    """airbench94_muon's hyperparameters; width: the last group's (its head scaling is 1/width)."""
+    lr = airbench_muon_head_lr(batch_size, width=width)
+    bias_lr = 0.053 * batch_size  # airbench's 0.053 on a summed loss
+    return dict(optimizer="muon", batch_size=batch_size, epochs=epochs, lr=round(lr, 4), muon_lr=0.24,
+                muon_momentum=0.6, momentum=KILOSTEP_MOMENTUM, weight_decay=round(2e-6 * batch_size / lr, 7),
+                bias_lr_scale=round(bias_lr / lr, 2),
+                label_smoothing=0.2, schedule="linear", ema=False, aug="altflip,translate:2", tta="flip+shift")
+
+
+def fastnet_sgd_recipe(lr_hyp: float, epochs: float) -> dict:
+    """airbench94/95's SGD recipe. bias_lr_scale 64 is airbench's bias_scaler; "triangle" is its
+    schedule (0.2 -> 1.0 at 23% of steps -> 0.07); lr assumes batch 1024 (the planner rescales it)."""
+    lr, weight_decay = airbench_lr_wd(lr_hyp)
+    return dict(optimizer="sgd", batch_size=1024, epochs=epochs, lr=round(lr, 6),
+                momentum=KILOSTEP_MOMENTUM, weight_decay=round(weight_decay, 8),
+                bias_lr_scale=64.0, label_smoothing=0.2, schedule="triangle", ema=True,
+                aug="flip,translate:2", tta="flip+shift")
+
+
+# airbench94 (lr 1.5, weight_decay 1.33e-3 at batch 1024, 9.9 epochs): `--optimizer sgd ...`.
+FASTNET_SGD_RECIPE = fastnet_sgd_recipe(lr_hyp=11.5, epochs=9.9)
+# fastnet's default, airbench94_muon: Muon on the filters, SGD on head and biases, 8 epochs, batch
+# 2000 (the planner lowers it to leave 40 steps an epoch), linear decay, alternating flip.
+FASTNET_RECIPE = fastnet_muon_recipe()
+FASTNET_L_MUON_RECIPE = fastnet_muon_recipe(width=384)
+# airbench95: widths 128/384/384, lr_hyp 11.5 * 0.87 = 10.0 (lr 1.3043, wd 1.53e-3), 15 epochs.
+FASTNET_L_RECIPE = fastnet_sgd_recipe(lr_hyp=10.0, epochs=15)
+
+
+def arch_recipe(arch: str) -> dict:
+    """BASE_RECIPE updated by the architecture's registered recipe, weight decay filled in."""
+    from .models import model_info  # here: models import this module's recipes
+
+    merged = {**BASE_RECIPE, **model_info(arch)["recipe"]}
+    if merged["weight_decay"] is None:
+        merged["weight_decay"] = DEFAULT_WEIGHT_DECAY[merged["optimizer"]]
+    return merged
+
+
+# ----------------------------------------------------------------------------- the planner
+
+@dataclass(frozen=True)
+class DataShape:
+    image_size: int
+    n_train: int  # images the fold trains on
+    num_classes: int
+
+    @property
+    def per_class(self) -> float:
+        return self.n_train / max(1, self.num_classes)
+
+
+@dataclass
+class Plan:
+    """The resolved recipe, and for each value where it came from and why."""
+    values: dict
+    reasons: dict  # key -> reason (a flag's value: "--flag")
+
+    def table(self) -> str:
+        width = max(len(k) for k in self.values)
+        lines = [f"  {k:<{width}}  {_show(v):<26} {self.reasons.get(k, '')}" for k, v in self.values.items()]
+        return "\n".join(lines)
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def default_arch(shape: DataShape) -> tuple[str, dict, str]:
+    """(arch, model_kwargs, reason) for data of this shape."""
+    if shape.image_size <= 48:
+        return "fastnet", {}, f"airbench94's net for {shape.image_size}px images"
+    fold = 2 ** int(math.log2(shape.image_size / REFERENCE_SIZE))
+    return ("fastnet_s2d", {"space_to_depth": fold},
+            f"{shape.image_size}px: {fold}x{fold} pixel blocks folded into channels, so it runs at "
+            f"{shape.image_size // fold}px cost")
+
+
+def planned_batch(recipe_batch: int, n_train: int) -> int:
+    """The recipe's batch, capped so an epoch has MIN_STEPS_PER_EPOCH steps (a multiple of 8)."""
+    cap = max(MIN_BATCH, (n_train // MIN_STEPS_PER_EPOCH) // 8 * 8)
+    return int(min(recipe_batch, cap))
+
+
+def rescaled_lrs(recipe: dict, batch: int) -> dict:
+    """lr (and Muon's filter lr) for `batch`, from the recipe's values at its own batch."""
+    ratio = batch / recipe["batch_size"]
+    linear = recipe["optimizer"] in ("sgd", "muon")  # lr on a mean loss: the step grows with the batch
+    out = {"lr": recipe["lr"] * (ratio if linear else math.sqrt(ratio))}
+    if recipe["optimizer"] == "muon":  # fixed-norm steps: twice the steps at half the batch want a smaller lr
+        out["muon_lr"] = recipe["muon_lr"] * math.sqrt(ratio)
+    return out
+
+
+def scaled_aug(aug: str | None, image_size: int) -> str | None:
+    """A recipe's aug written for 32px images with its shift scaled to `image_size`."""
+    if not aug:
+        return aug
+    out = []
+    for op in aug.split(","):
+        name, _, value = op.partition(":")
+        if name in ("translate", "translate_wrap", "crop") and value:
+            value = str(max(1, round(int(value) * image_size / REFERENCE_SIZE)))
+        out.append(f"{name}:{value}" if value else name)
+    return ",".join(out)
+
+
+def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: dict | None = None,
+         budget: float | None = None) -> Plan:
+    """Merge BASE_RECIPE <- the arch's recipe <- what the data implies <- `given` (the command line;
+    None values are unset). Returns every recipe field plus arch, model_kwargs and val_every."""
+    from .augment import default_aug
+
+    values, reasons = {}, {}
+    if arch is None:
+        arch, planned_kwargs, why = default_arch(shape)
+        model_kwargs = {**planned_kwargs, **(model_kwargs or {})}
+        values["arch"], reasons["arch"] = arch, why
+    else:
+        values["arch"], reasons["arch"] = arch, "--arch"
+    values["model_kwargs"] = dict(model_kwargs or {})
+    recipe = arch_recipe(arch)
+    for key in RECIPE_FIELDS:
+        values[key], reasons[key] = recipe[key], f"{arch}'s recipe"
+    if recipe["aug"] is None:
+        values["aug"], reasons["aug"] = default_aug(shape.n_train, shape.image_size), "default for the data size"
+    elif shape.image_size != REFERENCE_SIZE and scaled_aug(recipe["aug"], shape.image_size) != recipe["aug"]:
+        values["aug"] = scaled_aug(recipe["aug"], shape.image_size)
+        reasons["aug"] = f"{arch}'s recipe, shift scaled to {shape.image_size}px"
+    batch = given.get("batch_size") or planned_batch(recipe["batch_size"], shape.n_train)
+    if batch != recipe["batch_size"]:
+        values["batch_size"] = batch
+        reasons["batch_size"] = ("--batch-size" if given.get("batch_size") else
+                                 f"{shape.n_train} images / {MIN_STEPS_PER_EPOCH} steps an epoch")
+        for key, value in rescaled_lrs(recipe, batch).items():
+            values[key], reasons[key] = value, f"rescaled from {recipe[key]:g} at batch {recipe['batch_size']}"
+    for key, value in given.items():
+        if key in values and value is not None:
+            values[key], reasons[key] = value, "--" + key.replace("_", "-")
+    if values["weight_decay"] is None:
+        values["weight_decay"] = DEFAULT_WEIGHT_DECAY[values["optimizer"]]
+    needs_val = bool(values["patience"]) or values["schedule"] == "plateau"
+    if given.get("val_every") is None:
+        values["val_every"] = 1 if needs_val else 0
+        reasons["val_every"] = ("early stopping / plateau read it" if needs_val else
+                                "nothing reads it: only the final prediction scores the fold")
+    else:
+        values["val_every"], reasons["val_every"] = given["val_every"], "--val-every"
+    if budget:
+        reasons["epochs"] = f"fitted to --budget {format_seconds(budget)} after timing the first steps"
+        if given.get("tta") is None:
+            reasons["tta"] = f"{values['tta']}, or fewer views if their measured cost exceeds a tenth of the budget"
+    return Plan(values, reasons)
+
+
+def parse_budget(text: str) -> float:
+    """'15m', '90s', '1.5h', '1h30m' -> seconds. A bare number is minutes (as in `--budget 15`)."""
+    from .io import CompError
+
+    raw = str(text).strip().lower()
+    total, number = 0.0, ""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        for ch in raw:
+            if ch.isdigit() or ch == ".":
+                number += ch
+            elif ch in units and number:
+                total, number = total + float(number) * units[ch], ""
+            else:
+                raise ValueError(ch)
+        total += float(number) * 60 if number else 0
+    except ValueError:
+        total = -1
+    if not total > 0 or not math.isfinite(total):
+        raise CompError(f"--budget {text!r}: expected a duration such as 15m, 90s, 1.5h or 1h30m")
+    return total
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2g}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g}m"
+    return f"{seconds:.0f}s"
