@@ -130,7 +130,10 @@ class TrainConfig:
                 "tta", "val_every", "patience", "grad_clip")
         if self.optimizer != "muon":
             keys = tuple(k for k in keys if not k.startswith("muon"))
-        return Plan({k: getattr(self, k) for k in keys}, self.plan).table()
+        values = {k: getattr(self, k) for k in keys}
+        if self.budget:  # the recipe's epochs are only provisional until the first steps are timed
+            values["epochs"] = "fitted"
+        return Plan(values, self.plan).table()
 
 
 def data_shape(prepared: Prepared, fold: int) -> DataShape:
@@ -366,7 +369,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
             state["total_steps"] = budgeted.refit(state["step"])
         stop, plateau.multiplier, state["total_steps"] = broadcast_object(
             (stop, plateau.multiplier, state["total_steps"]))  # the same on every rank
-        if cfg.budget:  # the plan so far, for a resume
+        if cfg.budget:  # the plan so far (config.json and the checkpoint): a resume keeps it
             config.update(total_steps=state["total_steps"], epochs=round(state["total_steps"] / steps_per_epoch, 3))
         if stop:
             ctx.print(f"early stopping: no improvement for {cfg.patience} epochs; best epoch {state['best_epoch']}")
@@ -374,15 +377,17 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         if ctx.is_main:
             save_checkpoint(out / "checkpoint.pt", model, optimizer, lookahead, plateau, state, best_weights, config)
             write_csv(out / "history.csv", pd.DataFrame(state["history"]))
+            if cfg.budget:
+                write_json(out / "config.json", config)
 
     if not ctx.is_main:
         return {}
     if cfg.patience:  # early stopping restores the best epoch; that choice used the fold's labels
         model.load_state_dict(best_weights)
     state["weights_epoch"] = state["best_epoch"] if cfg.patience else state["epoch"]
-    if cfg.budget:
+    if cfg.budget:  # the epochs the budget fitted (early stopping may end sooner)
         config.update(epochs=round(state["step"] / steps_per_epoch, 3), total_steps=state["step"])
-        write_json(out / "config.json", config)  # the epochs the budget fitted
+        write_json(out / "config.json", config)
     return _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, state, writer)
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_throughput import bare_loop  # noqa: E402
 
+from comp.recipe import arch_recipe  # noqa: E402
 from comp.train import pick_device, pick_precision  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def images_per_second(arch, size, optimizer, batch, steps, device, precision) ->
     torch.manual_seed(0)
     images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,), device=device)
-    recipe = dict(optimizer=optimizer, lr=0.1, weight_decay=1e-3, momentum=0.85, bias_lr_scale=64.0, muon_lr=0.24)
+    recipe = {**arch_recipe(arch), "optimizer": optimizer}  # the values do not change the cost of a step
     return bare_loop(arch, images, labels, 10, batch, steps, device, precision, recipe)
 
 

@@ -1,12 +1,17 @@
-"""Training throughput of `comp train` against a bare PyTorch loop: same model, precision, batch.
+"""Training throughput of `comp train` against a bare PyTorch loop: same model, precision, batch;
+and E, this machine's unit of CPU cost.
 
-    python scripts/bench_throughput.py --workdir WORKDIR [--arch fastnet] [--steps 20] [--rounds 2]
+    python scripts/bench_throughput.py --workdir WORKDIR [--arch A] [--steps 20] [--rounds 2]
 
-WORKDIR must hold a `comp prepare` output (e.g. CIFAR-10). The bare loop trains on
-preloaded, normalised float tensors with no augmentation, no validation and no
-checkpoints; `comp train` is the real trainer (its images/s counts only its training
-steps, augmentation included). The two alternate `--rounds` times in one process so
-that machine noise hits both. Prints one result line.
+WORKDIR must hold a `comp prepare` output (e.g. CIFAR-10). The recipe is the planner's for
+fold 0 (comp/recipe.py; --arch: the planner's choice when not given). The bare loop trains on
+preloaded, normalised float tensors with no augmentation, no validation and no checkpoints;
+`comp train` is the real trainer (its images/s counts only its training steps, augmentation
+included). The two alternate `--rounds` times in one process so that machine noise hits both.
+
+E is one epoch of fastnet over 40,000 32px images in the bare loop, at the batch the planner
+picks for such data, on random images, measured in the same process: budgets and costs are
+stated in E because machines of the same kind differ by 2x. Prints one result line.
 """
 from __future__ import annotations
 
@@ -24,16 +29,21 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from comp.feed import Images  # noqa: E402
 from comp.folds import load_prepared  # noqa: E402
-from comp.models import create_model, model_info  # noqa: E402
+from comp.models import create_model  # noqa: E402
 from comp.optim import build_optimizer  # noqa: E402
-from comp.train import BASE_RECIPE, TrainConfig, autocast, pick_device, pick_precision, train_fold  # noqa: E402
+from comp.recipe import DataShape, plan  # noqa: E402
+from comp.train import TrainConfig, autocast, data_shape, pick_device, pick_precision, train_fold  # noqa: E402
+
+E_IMAGES = 40_000  # E: one bare-loop fastnet epoch over this many 32px images
 
 
 def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision, recipe) -> float:
-    model = create_model(arch, num_classes=num_classes, img_size=images.shape[-1]).to(device)
+    """Images/s of plain training steps; `recipe` is a planned recipe (plan(...).values)."""
+    model = create_model(arch, num_classes=num_classes, img_size=images.shape[-1],
+                         **recipe.get("model_kwargs", {})).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe["optimizer"], recipe["lr"], recipe["weight_decay"], recipe["momentum"],
-                          recipe["bias_lr_scale"], recipe["muon_lr"])
+                          recipe["bias_lr_scale"], recipe["muon_lr"], recipe["muon_momentum"])
     def step(i):
         idx = torch.randint(0, len(images), (batch,), device=device)
         with autocast(device, precision):
@@ -51,6 +61,17 @@ def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.time() - started)
+
+
+def epoch_seconds_e(steps, device, precision) -> tuple[float, int]:
+    """(E in seconds, the batch it used): the bare loop on random 32px images, fastnet's planned recipe."""
+    recipe = plan(DataShape(32, E_IMAGES, 10), {}).values
+    batch = recipe["batch_size"]
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    rate = bare_loop(recipe["arch"], images, labels, 10, batch, steps, device, precision, recipe)
+    return E_IMAGES / rate, batch
 
 
 def comp_loop(arch, workdir, steps, batch, n_train, precision) -> float:
@@ -75,7 +96,7 @@ def comp_loop(arch, workdir, steps, batch, n_train, precision) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--arch", default="fastnet")
+    parser.add_argument("--arch", help="default: the planner's choice for the data")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="auto")
@@ -83,22 +104,23 @@ def main():
     prepared = load_prepared(args.workdir)
     device = pick_device("auto")
     precision = pick_precision(args.precision, device)
-    recipe = {**BASE_RECIPE, **model_info(args.arch)["recipe"]}
-    batch = recipe["batch_size"]
+    recipe = plan(data_shape(prepared, 0), {}, args.arch).values
+    arch, batch = recipe["arch"], recipe["batch_size"]
     train_rows = prepared.folds.fold.to_numpy() != 0
     images = Images(prepared.train_images[train_rows], device)
     x = images.batch(slice(None))  # preloaded, normalised float tensors
     y = torch.from_numpy(prepared.label_map.encode(list(prepared.folds.label[train_rows]))).to(device)
     bare, comp = [], []
     for _ in range(args.rounds):
-        bare.append(bare_loop(args.arch, x, y, prepared.label_map.num_classes, batch, args.steps, device,
+        bare.append(bare_loop(arch, x, y, prepared.label_map.num_classes, batch, args.steps, device,
                               precision, recipe))
-        comp.append(comp_loop(args.arch, args.workdir, args.steps, batch, int(train_rows.sum()), precision))
+        comp.append(comp_loop(arch, args.workdir, args.steps, batch, int(train_rows.sum()), precision))
+    e_seconds, e_batch = epoch_seconds_e(args.steps, device, precision)
     ratios = [c / b for c, b in zip(comp, bare)]
-    print(f"throughput {args.arch} {device.type} {precision} batch {batch}: comp train "
+    print(f"throughput {arch} {prepared.image_size}px {device.type} {precision} batch {batch}: comp train "
           f"{statistics.median(comp):.0f} img/s, bare loop {statistics.median(bare):.0f} img/s, "
           f"ratio {statistics.median(ratios):.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads); E = {e_seconds:.1f} s (fastnet, 40,000 32px images, batch {e_batch})")
 
 
 if __name__ == "__main__":

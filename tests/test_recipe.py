@@ -1,0 +1,164 @@
+"""The recipe planner, --plan, --budget arithmetic and budgeted runs, the one TTA pass."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_train import prepared_workdir
+
+from comp.budget import TTA_SHARE, FoldClock, fold_budgets
+from comp.cli import main
+from comp.folds import load_prepared
+from comp.io import CompError
+from comp.predict import predict_run
+from comp.recipe import FASTNET_RECIPE, DataShape, parse_budget, plan
+from comp.train import TrainConfig, train, train_fold
+
+
+def planned(size, n_train, classes, **given):
+    return plan(DataShape(size, n_train, classes), given).values
+
+
+def test_plan_for_cifar_like_data():
+    p = plan(DataShape(32, 40_000, 10), {})
+    v = p.values
+    assert (v["arch"], v["model_kwargs"], v["optimizer"]) == ("fastnet", {}, "muon")
+    assert v["batch_size"] == 1000  # 40 steps an epoch instead of the recipe's 20 at batch 2000
+    assert v["lr"] == pytest.approx(FASTNET_RECIPE["lr"] / 2)  # a mean loss: linear in the batch
+    assert v["muon_lr"] == pytest.approx(0.24 * math.sqrt(0.5))
+    assert v["weight_decay"] == FASTNET_RECIPE["weight_decay"] and v["bias_lr_scale"] == FASTNET_RECIPE["bias_lr_scale"]
+    assert (v["aug"], v["tta"], v["val_every"], v["epochs"]) == ("altflip,translate:2", "flip+shift", 0, 8)
+    assert "40000 images / 40 steps an epoch" in p.reasons["batch_size"]
+    assert "nothing reads it" in p.reasons["val_every"]
+
+
+def test_plan_for_64px_100_classes():
+    v = planned(64, 12_000, 100)
+    assert (v["arch"], v["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 2})
+    assert v["batch_size"] == 296 and v["aug"] == "altflip,translate:4"  # the shift scaled with the image
+    assert v["muon_lr"] == pytest.approx(0.24 * math.sqrt(296 / 2000))
+
+
+def test_plan_for_12_classes_of_200_images_and_for_128px():
+    small = planned(32, 1_920, 12)  # 12 x 200 images, 5 folds: 1,920 to train on
+    assert small["arch"] == "fastnet" and small["batch_size"] == 48
+    tiny = planned(32, 300, 3)
+    assert tiny["batch_size"] == 16  # never below MIN_BATCH
+    large = planned(128, 20_000, 5)
+    assert (large["arch"], large["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 4})  # 32px cost
+    assert large["aug"] == "altflip,translate:8"
+
+
+def test_flags_win_and_lr_follows_a_given_batch():
+    v = planned(32, 40_000, 10, batch_size=500)
+    assert v["batch_size"] == 500 and v["lr"] == pytest.approx(FASTNET_RECIPE["lr"] / 4)
+    p = plan(DataShape(32, 40_000, 10), {"batch_size": 500, "lr": 0.3, "aug": "flip", "val_every": 2})
+    assert (p.values["lr"], p.values["aug"], p.values["val_every"]) == (0.3, "flip", 2)
+    assert p.reasons["lr"] == "--lr" and p.reasons["val_every"] == "--val-every"
+    # a recipe that reads the held-out fold keeps validating every epoch
+    assert plan(DataShape(32, 1_000, 10), {}, arch="custom_cnn").values["val_every"] == 1
+    adam = plan(DataShape(32, 40_000, 10), {"batch_size": 32}, arch="simple_cnn").values
+    assert adam["lr"] == pytest.approx(1e-3 * math.sqrt(32 / 64))  # Adam: sqrt
+
+
+@pytest.mark.parametrize("text, seconds", [("15m", 900), ("90s", 90), ("1.5h", 5400), ("1h30m", 5400), ("2", 120)])
+def test_parse_budget(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5m", "0", "5x", "m"])
+def test_bad_budget_is_a_clear_error(text):
+    with pytest.raises(CompError, match="--budget .*expected a duration such as 15m"):
+        parse_budget(text)
+
+
+def test_budget_arithmetic():
+    clock = FoldClock(100.0, started=0.0)  # the deadline keeps a 3% margin: 97 s
+    assert clock.fit_steps(step=4, seconds_per_step=1.0, predict_seconds=10.0, now=7.0) == 4 + 80
+    assert clock.fit_steps(step=50, seconds_per_step=1.0, predict_seconds=10.0, now=95.0) == 50  # overrun: stop
+    # at 1 ms an image and view (x1.15 overhead) a tenth of 100 s holds 8,695 image-views
+    assert clock.choose_tta("flip+shift", 1_000, 1e-3) == "flip+shift"  # 6,000
+    assert clock.choose_tta("flip+shift", 3_000, 1e-3) == "flip"  # 18,000 do not fit, 6,000 do
+    assert clock.predict_seconds(3_000, "flip", 1e-3) <= TTA_SHARE * 100 < clock.predict_seconds(3_000, "flip+shift", 1e-3)
+    assert clock.choose_tta("flip+shift", 20_000, 1e-3) == "none"  # the fold must be predicted at least once
+    assert clock.choose_tta("flip", 100, 1e-3) == "flip"  # never wider than asked
+    # all folds together: each gets an equal share of what is left
+    assert fold_budgets(500.0, started=0.0, folds_left=5, now=0.0) == 100.0
+    assert fold_budgets(500.0, started=0.0, folds_left=2, now=300.0) == 100.0
+    assert fold_budgets(500.0, started=0.0, folds_left=1, now=600.0) == 0.0
+
+
+def test_plan_flag_prints_the_table_and_trains_nothing(tmp_path, workdir, capsys):
+    prepared_workdir(tmp_path, workdir, per_class=12, size=32)
+    assert main(["train", "--plan", "--budget", "15m"]) == 0
+    out = capsys.readouterr().out
+    assert "plan for fastnet fold 0: 18 training images of 32px, 3 classes" in out
+    assert "batch_size       16" in out and "epochs           fitted                     fitted to --budget 15m" in out and "val_every        0" in out
+    assert not (workdir / "runs").exists()
+    assert main(["train", "--plan", "--budget", "15m", "--epochs", "3"]) == 2
+    assert "--epochs and --budget both set the length of training" in capsys.readouterr().err
+
+
+class FakeClock:
+    """time.monotonic advancing a fixed tick a call: a budgeted run plans the same on any machine."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_budgeted_run_fits_the_clock_and_resumes_its_plan(tmp_path, workdir, monkeypatch):
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    clock = FakeClock(0.05)
+    monkeypatch.setattr(time, "monotonic", clock)
+    cfg = dict(arch="custom_cnn", fold=0, workdir=str(workdir), batch_size=8, budget=10.0, val_every=1, tta="flip",
+               patience=0)
+
+    def stop_in_epoch_3(row):  # 2 steps an epoch: the plan is fixed at step 4, saved after epoch 2
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TrainConfig(**cfg), load_prepared(workdir), on_epoch=stop_in_epoch_3)
+    out = workdir / "runs" / "custom_cnn" / "fold0"
+    planned_steps = json.loads((out / "config.json").read_text())["total_steps"]
+    assert planned_steps not in (4, 60)  # fitted to the budget: neither the provisional steps nor 30 epochs
+    [metrics] = train(TrainConfig(**cfg, resume=True))
+    config = json.loads((out / "config.json").read_text())
+    assert metrics["steps"] == config["total_steps"] == planned_steps  # the resumed run kept its plan
+    assert config["budget"] == 10.0 and config["epochs"] == pytest.approx(planned_steps / 2, abs=1e-3)
+
+    started = clock.now
+    [metrics] = train(TrainConfig(**{**cfg, "force": True}))
+    assert clock.now - started <= 10.0  # on the run's own clock the budget holds
+    assert metrics["steps"] > 4 and metrics["budget"] == 10.0
+
+
+def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):
+    prepared_workdir(tmp_path, workdir, per_class=12, size=32)
+    [metrics] = train(TrainConfig(arch="fastnet", fold=0, workdir=str(workdir), epochs=2))
+    out = workdir / "runs" / "fastnet" / "fold0"
+    oof = np.load(out / "oof.npz")
+    assert oof["view_logits"].shape == (6,) + oof["logits"].shape  # flip+shift: six views
+    history = pd.read_csv(out / "history.csv")
+    assert history.val_accuracy.isna().tolist() == [True, False]  # no validation pass; the last row is view 0's
+    plain = (oof["view_logits"][0].argmax(1) == oof["labels"]).mean()
+    assert metrics["accuracy_no_tta"] == pytest.approx(plain) == pytest.approx(history.val_accuracy.iloc[-1])
+    [from_views] = predict_run(str(workdir), "fastnet", "none")
+    stored = np.load(workdir / "runs" / "fastnet_tta-none" / "fold0" / "oof.npz")["logits"]
+    np.testing.assert_allclose(stored, oof["view_logits"][0])
+    for name in ("oof.npz", "test.npz"):  # without the views the model predicts again: the same logits
+        kept = dict(np.load(out / name))
+        kept.pop("view_logits")
+        np.savez(out / name, **kept)
+    predict_run(str(workdir), "fastnet", "none", new_name="again")
+    again = np.load(workdir / "runs" / "again" / "fold0" / "oof.npz")["logits"]
+    np.testing.assert_allclose(again, stored, rtol=0.05, atol=0.05)  # bf16 on both paths
+    assert from_views["accuracy"] == pytest.approx(plain)
