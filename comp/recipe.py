@@ -15,7 +15,7 @@ What the planner derives from the data (`DataShape`: image size, training images
   aug         the recipe's shift scaled to the image (translate:2 at 32px is 4 at 64px)
   val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
   epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py)
-  tta         the recipe's; with --budget the widest whose measured cost fits (comp/budget.py)
+  tta         the recipe's; with --budget the widest whose measured cost fits a fifth of it (comp/budget.py)
 """
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
     if budget:
         reasons["epochs"] = f"fitted to --budget {format_seconds(budget)} after timing the first steps"
         if given.get("tta") is None:
-            reasons["tta"] = f"{values['tta']}, or fewer views if their measured cost exceeds a tenth of the budget"
+            reasons["tta"] = f"{values['tta']}, or fewer views if their measured cost exceeds a fifth of the budget"
     return Plan(values, reasons)
 
 
