@@ -6,9 +6,9 @@ import os
 import sys
 import time
 
-STARTED = time.monotonic()  # a --budget counts from here: imports and data loading are part of the run
-
 from .io import CompError
+
+STARTED = time.monotonic()  # a --budget counts from here: imports and data loading are part of the run
 
 
 def _prepare(args):

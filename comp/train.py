@@ -30,12 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import parse_aug, pixel_params
+from .augment import combine_views, parse_aug, pixel_params
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
-from .augment import combine_views
 from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, default_workers, make_feed, resolve_loader
