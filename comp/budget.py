@@ -101,6 +101,11 @@ class BudgetedRun:
     def predict_seconds(self) -> float:
         return self.clock.predict_seconds(self.n_predict, self.tta, self.per_image)
 
+    def out_of_time(self) -> bool:
+        """True when only the prediction still fits: checked after every step, so a machine that
+        slows down in the middle of an epoch ends training there rather than overrunning."""
+        return self.clock.left() <= self.predict_seconds()
+
     @property
     def calibrated(self) -> bool:
         return self.per_image is not None

@@ -339,8 +339,10 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                     state.update(broadcast_object(fixed), planned=True)  # the same on every rank
                     cfg = replace(cfg, tta=state["tta"])
                     config.update(tta=cfg.tta)
-                if state["step"] >= state["total_steps"]:
-                    break
+            elif budgeted and budgeted.calibrated and not ctx.enabled and budgeted.out_of_time():
+                state["total_steps"] = state["step"]  # a slowdown within the epoch (DDP ranks refit per epoch)
+            if state["step"] >= state["total_steps"]:
+                break
         if lookahead:
             lookahead.finish_epoch()
         if device.type == "cuda":
