@@ -90,12 +90,7 @@ class Bundle:
         """images: a folder or .zip of image files, or a list of paths. ids: a CSV (the sample submission)
         whose id column gives the rows and their order. -> DataFrame: id, label (as the submission writes
         it), one probability column per class."""
-        with tempfile.TemporaryDirectory(prefix="comp-infer-") as tmp:
-            table = image_table(images, self.spec["submission"]["id_from"], Path(tmp))
-            if ids is not None:
-                table = order_by_ids(table, ids, self.spec["submission"]["id_col"], images)
-            self._report_unseen(table.path.tolist())
-            probs, bad = self._predict_paths(table.path.tolist(), batch_size, skip_bad)
+        table, probs, bad = self._run(images, ids, skip_bad, batch_size, blend=True)
         self.bad = [table.id.iloc[i] for i in bad]
         if bad:
             label = self.label_map.format(self.classes[int(self.prior.argmax())])
@@ -104,21 +99,38 @@ class Bundle:
         frame = pd.DataFrame({"id": table.id.to_numpy(), "label": self.label_map.decode(probs.argmax(1))})
         return pd.concat([frame, pd.DataFrame(probs, columns=list(self.classes))], axis=1)
 
-    def _predict_paths(self, paths: list[str], batch_size: int, skip_bad: bool) -> tuple[np.ndarray, list[int]]:
-        probs, bad = np.zeros((len(paths), len(self.classes))), []
-        bar = tqdm(total=len(paths), desc="infer", unit="img", smoothing=0.1)
-        for start in range(0, len(paths), CHUNK):
+    def run_logits(self, images, ids=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, logits (R, N, C)): each run's TTA logits averaged over its folds, before the blend; the
+        counterpart of the test logits `comp blend` reads from runs/ (an undecodable image is an error)."""
+        table, logits, _ = self._run(images, ids, False, batch_size, blend=False)
+        return table.id.to_numpy(), logits
+
+    def _run(self, images, ids, skip_bad: bool, batch_size: int, blend: bool):
+        with tempfile.TemporaryDirectory(prefix="comp-infer-") as tmp:
+            table = image_table(images, self.spec["submission"]["id_from"], Path(tmp))
+            if ids is not None:
+                table = order_by_ids(table, ids, self.spec["submission"]["id_col"], images)
+            self._report_unseen(table.path.tolist())
+            out, bad = self._predict_paths(table.path.tolist(), batch_size, skip_bad, blend)
+        return table, out, bad
+
+    def _predict_paths(self, paths: list[str], batch_size: int, skip_bad: bool, blend: bool):
+        n, n_classes = len(paths), len(self.classes)
+        out, bad = np.zeros((n, n_classes) if blend else (len(self.runs), n, n_classes)), []
+        bar = tqdm(total=n, desc="infer", unit="img", smoothing=0.1)
+        for start in range(0, n, CHUNK):
             chunk = paths[start:start + CHUNK]
             pixels, chunk_bad = self._decode(chunk, skip_bad)
-            good = np.setdiff1d(np.arange(len(chunk)), chunk_bad)
+            good = start + np.setdiff1d(np.arange(len(chunk)), chunk_bad)
             if len(good):
-                probs[start + good] = self._blend(pixels[good], batch_size)
+                logits = self._run_logits(pixels[good - start], batch_size)
+                out[..., good, :] = self.blender.predict(logits) if blend else logits
             for i in chunk_bad:
-                probs[start + i] = self.prior
+                out[start + i] = self.prior
             bad += [start + i for i in chunk_bad]
             bar.update(len(chunk))
         bar.close()
-        return probs, bad
+        return out, bad
 
     def _decode(self, paths: list[str], skip_bad: bool) -> tuple[np.ndarray, list[int]]:
         pixels, bad = np.zeros((len(paths), self.size, self.size, 3), np.uint8), []
@@ -132,8 +144,8 @@ class Bundle:
                 bad.append(i)
         return pixels, bad
 
-    def _blend(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> blended class scores (N, C): fold logits averaged per run, then the blend."""
+    def _run_logits(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (R, N, C): each run's fold logits averaged, as `comp blend` averages them."""
         per_run = []
         for models, run in zip(self.runs, self.spec["runs"]):
             fold_logits = []
@@ -142,7 +154,7 @@ class Bundle:
                 batches = [images.batch(slice(s, s + batch_size)) for s in range(0, len(images), batch_size)]
                 fold_logits.append(predict_logits(model, batches, run["tta"], self.device, self.precision))
             per_run.append(np.mean(fold_logits, axis=0))
-        return self.blender.predict(np.stack(per_run))
+        return np.stack(per_run)
 
     def _report_unseen(self, paths: list[str]) -> None:
         """The documented fallback for sizes and modes training never saw: the same conversion, and a note."""

@@ -58,7 +58,11 @@ def test_infer_writes_blends_labels_with_the_workdir_deleted(trained, tmp_path, 
     assert main(["infer", "bundle", "--images", "test_images", "--ids", "sample.csv", "--out", "sub.csv"]) == 0
     got = pd.read_csv(tmp_path / "sub.csv", dtype=str)
     pd.testing.assert_frame_equal(got, expected)
-    predictions = comp.load_bundle(tmp_path / "bundle").predict(test_images, ids=tmp_path / "sample.csv")
+    loaded = comp.load_bundle(tmp_path / "bundle")
+    predictions = loaded.predict(test_images, ids=tmp_path / "sample.csv")
+    ids, logits = loaded.run_logits(test_images, ids=tmp_path / "sample.csv")
+    assert list(ids) == list(expected.id)
+    np.testing.assert_allclose(logits, fitted.aligned.test_logits, atol=5e-2)  # bf16 autocast on both sides
     assert list(predictions.columns) == ["id", "label", *COLUMNS]
     np.testing.assert_allclose(predictions[COLUMNS].to_numpy(), expected_probs, atol=2e-2)
     # without --ids the rows are the images in natural id order: 1, 2, ..., 10
