@@ -14,6 +14,7 @@ the competition's test images are the labels `comp blend` writes from the same r
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -232,6 +233,7 @@ def _version(text: str) -> tuple:
 
 def _extract(archive: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="comp-bundle-"))
+    atexit.register(shutil.rmtree, target, True)  # the extracted copy lives as long as the process
     with zipfile.ZipFile(archive) as z:
         z.extractall(target)  # extractall drops '..' and absolute parts of member names
     inner = [p for p in target.iterdir() if p.name != "__MACOSX"]
