@@ -11,8 +11,10 @@ because comp's own metadata also lists its training-only dependencies.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -74,7 +76,13 @@ def collect_wheels(dest: Path, scope: str = "all", needs_timm: bool = False, pin
         raise CompError(f"--wheels {scope}: choose one of {', '.join(WHEEL_SCOPES)}")
     dest.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
-    _pip(run, pip + ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(source_root())])
+    with tempfile.TemporaryDirectory(prefix="comp-src-") as tmp:
+        # a copy: setuptools writes build/ and *.egg-info into the tree it builds
+        root = source_root()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(root / name, Path(tmp) / name)
+        shutil.copytree(root / "comp", Path(tmp) / "comp", ignore=shutil.ignore_patterns("__pycache__"))
+        _pip(run, pip + ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), tmp])
     if scope == "comp":
         return []
     requirements = pinned(INFER_DISTS + (TIMM_DISTS if needs_timm else ()), pins)
