@@ -82,7 +82,12 @@ def export(opts: ExportOptions) -> Path:
 def _write_contents(root: Path, fitted: FittedBlend, opts: ExportOptions) -> dict:
     root.mkdir(parents=True)
     fitted.label_map.save(root / LABELS_FILE)
-    runs = [_export_run(root, run, opts.half) for run in fitted.aligned.runs]
+    used = _used_runs(fitted.blender)
+    runs = [{**_export_run(root, run, opts.half), "blend_index": i} for i, run in enumerate(fitted.aligned.runs)
+            if i in used]
+    unused = [run.name for i, run in enumerate(fitted.aligned.runs) if i not in used]
+    if unused:
+        print(f"left out of the bundle (the blend gives them no weight): {', '.join(unused)}")
     spec = {"format": FORMAT, "comp_version": __version__, "name": opts.name, "runs": runs,
             "blend": _blend_spec(fitted), "decode": _decode_spec(fitted.workdir, runs),
             "submission": _submission_spec(fitted), "weights_dtype": "bfloat16" if opts.half else "float32"}
@@ -93,6 +98,13 @@ def _write_contents(root: Path, fitted: FittedBlend, opts: ExportOptions) -> dic
         spec["wheels"] = collect_wheels(root / "wheels", opts.wheels, needs_timm, opts.pins, opts.find_links)
     write_json(root / BUNDLE_FILE, spec)
     return spec
+
+
+def _used_runs(blender) -> set[int]:
+    """Runs the blend reads: kept by --top and, except for the stacker, given a weight above zero."""
+    if blender.stacker is not None:
+        return {int(i) for i in blender.keep}
+    return {int(i) for i in blender.keep if blender.weights[i] > 0}
 
 
 def _export_run(root: Path, run, half: bool) -> dict:

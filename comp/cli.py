@@ -120,7 +120,7 @@ def _infer(args):
     from .infer import InferOptions, infer
 
     infer(InferOptions(args.bundle, args.images, args.ids, args.out, args.skip_bad, args.batch_size, args.device,
-                       args.precision))
+                       args.precision, args.logits))
 
 
 def _download(args):
@@ -296,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="submission.csv", help="CSV to write (default submission.csv)")
     p.add_argument("--skip-bad", action="store_true", help="give undecodable images the blend's prior class and "
                                                           "list them (default: an error)")
+    p.add_argument("--logits", metavar="NPZ", help="also write ids, each run's logits (before the blend) and the "
+                                                  "probabilities to this .npz")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],

@@ -23,7 +23,7 @@ from . import ensemble
 from .cache import load_rgb, scan_headers
 from .data import IMAGE_EXTS
 from .feed import Images, predict_logits
-from .io import CompError, write_csv
+from .io import CompError, write_csv, write_npz
 from .labels import LabelMap, natural_sorted
 from .models import create_model
 from .submit import validate_submission
@@ -41,16 +41,22 @@ class InferOptions:
     batch_size: int = 1024
     device: str = "auto"
     precision: str = "auto"
+    logits: str | None = None  # also write ids, per-run logits and probabilities to this .npz
 
 
 def infer(opts: InferOptions) -> Path:
     from .bundle import load_bundle
 
     bundle = load_bundle(opts.bundle, opts.device, opts.precision)
-    predictions = bundle.predict(opts.images, ids=opts.ids, skip_bad=opts.skip_bad, batch_size=opts.batch_size)
+    predictions = bundle.predict(opts.images, ids=opts.ids, skip_bad=opts.skip_bad, batch_size=opts.batch_size,
+                                 keep_logits=bool(opts.logits))
     submission = bundle.submission(predictions, opts.ids)
     out = Path(opts.out)
     write_csv(out, submission)
+    if opts.logits:
+        write_npz(opts.logits, ids=predictions.id.to_numpy().astype(str), logits=bundle.logits,
+                  probs=predictions[list(bundle.classes)].to_numpy(), bad=np.asarray(bundle.bad, dtype=str))
+        print(f"wrote {opts.logits}: ids, logits (runs x images x classes, before the blend), probs")
     print(f"wrote {out} ({len(submission)} rows, columns {list(submission.columns)})")
     return out
 
@@ -71,6 +77,7 @@ class Bundle:
         self.prior = np.asarray(spec["blend"]["prior"], dtype=float)
         self.runs = [[(self._model(run, fold), fold) for fold in run["folds"]] for run in spec["runs"]]
         self.bad: list[str] = []  # ids given the prior class by the last predict(skip_bad=True)
+        self.logits: np.ndarray | None = None  # (R, N, C) of the last predict(keep_logits=True)
 
     def _model(self, run: dict, fold: dict):
         if run["label_hash"] != self.label_map.hash:
@@ -86,11 +93,17 @@ class Bundle:
     def classes(self) -> tuple[str, ...]:
         return self.label_map.classes
 
-    def predict(self, images, ids=None, skip_bad: bool = False, batch_size: int = 1024) -> pd.DataFrame:
+    def predict(self, images, ids=None, skip_bad: bool = False, batch_size: int = 1024,
+                keep_logits: bool = False) -> pd.DataFrame:
         """images: a folder or .zip of image files, or a list of paths. ids: a CSV (the sample submission)
         whose id column gives the rows and their order. -> DataFrame: id, label (as the submission writes
-        it), one probability column per class."""
-        table, probs, bad = self._run(images, ids, skip_bad, batch_size, blend=True)
+        it), one probability column per class. keep_logits: also keep self.logits (see run_logits)."""
+        with tempfile.TemporaryDirectory(prefix="comp-infer-") as tmp:
+            table = image_table(images, self.spec["submission"]["id_from"], Path(tmp))
+            if ids is not None:
+                table = order_by_ids(table, ids, self.spec["submission"]["id_col"], images)
+            self._report_unseen(table.path.tolist())
+            probs, self.logits, bad = self._predict_paths(table.path.tolist(), batch_size, skip_bad, keep_logits)
         self.bad = [table.id.iloc[i] for i in bad]
         if bad:
             label = self.label_map.format(self.classes[int(self.prior.argmax())])
@@ -101,36 +114,31 @@ class Bundle:
 
     def run_logits(self, images, ids=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """(ids, logits (R, N, C)): each run's TTA logits averaged over its folds, before the blend; the
-        counterpart of the test logits `comp blend` reads from runs/ (an undecodable image is an error)."""
-        table, logits, _ = self._run(images, ids, False, batch_size, blend=False)
-        return table.id.to_numpy(), logits
+        counterpart of the test logits `comp blend` reads from runs/ (an undecodable image is an error).
+        R counts every run the blend was fit on; runs it gives no weight are not bundled and stay 0."""
+        predictions = self.predict(images, ids, batch_size=batch_size, keep_logits=True)
+        return predictions.id.to_numpy(), self.logits
 
-    def _run(self, images, ids, skip_bad: bool, batch_size: int, blend: bool):
-        with tempfile.TemporaryDirectory(prefix="comp-infer-") as tmp:
-            table = image_table(images, self.spec["submission"]["id_from"], Path(tmp))
-            if ids is not None:
-                table = order_by_ids(table, ids, self.spec["submission"]["id_col"], images)
-            self._report_unseen(table.path.tolist())
-            out, bad = self._predict_paths(table.path.tolist(), batch_size, skip_bad, blend)
-        return table, out, bad
-
-    def _predict_paths(self, paths: list[str], batch_size: int, skip_bad: bool, blend: bool):
+    def _predict_paths(self, paths: list[str], batch_size: int, skip_bad: bool, keep_logits: bool):
         n, n_classes = len(paths), len(self.classes)
-        out, bad = np.zeros((n, n_classes) if blend else (len(self.runs), n, n_classes)), []
+        probs, bad = np.zeros((n, n_classes)), []
+        logits = np.zeros((self.blender.n_runs, n, n_classes), np.float32) if keep_logits else None
         bar = tqdm(total=n, desc="infer", unit="img", smoothing=0.1)
         for start in range(0, n, CHUNK):
             chunk = paths[start:start + CHUNK]
             pixels, chunk_bad = self._decode(chunk, skip_bad)
             good = start + np.setdiff1d(np.arange(len(chunk)), chunk_bad)
             if len(good):
-                logits = self._run_logits(pixels[good - start], batch_size)
-                out[..., good, :] = self.blender.predict(logits) if blend else logits
+                chunk_logits = self._run_logits(pixels[good - start], batch_size)
+                probs[good] = self.blender.predict(chunk_logits)
+                if keep_logits:
+                    logits[:, good] = chunk_logits
             for i in chunk_bad:
-                out[start + i] = self.prior
+                probs[start + i] = self.prior  # its logits stay 0
             bad += [start + i for i in chunk_bad]
             bar.update(len(chunk))
         bar.close()
-        return out, bad
+        return probs, logits, bad
 
     def _decode(self, paths: list[str], skip_bad: bool) -> tuple[np.ndarray, list[int]]:
         pixels, bad = np.zeros((len(paths), self.size, self.size, 3), np.uint8), []
@@ -146,15 +154,16 @@ class Bundle:
 
     def _run_logits(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (R, N, C): each run's fold logits averaged, as `comp blend` averages them."""
-        per_run = []
+        # runs the blend gives no weight are not in the bundle: their rows stay 0, which the blend ignores
+        per_run = np.zeros((self.blender.n_runs, len(pixels), len(self.classes)), np.float32)
         for models, run in zip(self.runs, self.spec["runs"]):
             fold_logits = []
             for model, fold in models:
                 images = Images(pixels, self.device, fold["mean"], fold["std"])
                 batches = [images.batch(slice(s, s + batch_size)) for s in range(0, len(images), batch_size)]
                 fold_logits.append(predict_logits(model, batches, run["tta"], self.device, self.precision))
-            per_run.append(np.mean(fold_logits, axis=0))
-        return np.stack(per_run)
+            per_run[run["blend_index"]] = np.mean(fold_logits, axis=0)
+        return per_run
 
     def _report_unseen(self, paths: list[str]) -> None:
         """The documented fallback for sizes and modes training never saw: the same conversion, and a note."""

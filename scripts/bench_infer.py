@@ -6,12 +6,13 @@
 Exports a bundle (--half: bf16 weights) of the runs into WORKDIR/bundles/, then runs `python -m comp infer`
 as a separate process from an empty folder (timed: images/s includes loading the bundle). With --check it
 also runs `comp blend` with the same runs and method and compares the two CSVs row for row, and compares
-each run's fold-averaged logits from the bundle with the test logits under runs/ (`comp blend`'s input).
+each run's fold-averaged logits (`comp infer --logits`) with the test logits under runs/ (blend's input).
 --limit N predicts only the first N ids of the sample (a shorter timing). Prints one result line.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from comp.blend import BlendOptions, blend, fit_blend  # noqa: E402
-from comp.bundle import ExportOptions, export, load_bundle  # noqa: E402
+from comp.bundle import ExportOptions, export  # noqa: E402
 
 
 def main() -> None:
@@ -51,17 +52,18 @@ def main() -> None:
         n = len(pd.read_csv(ids, dtype=str))
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "comp", "infer", str(bundle.resolve()), "--images",
-                        str(Path(args.images).resolve()), "--ids", str(ids), "--out", "infer.csv"], check=True,
+                        str(Path(args.images).resolve()), "--ids", str(ids), "--out", "infer.csv",
+                        "--logits", "infer.npz"], check=True,
                        cwd=tmp, env={**os.environ, "PYTHONPATH": str(ROOT)})
         seconds = time.perf_counter() - started
         line = (f"{Path(args.workdir).name} {tag}: bundle {size_mb:.1f} MB; comp infer {n} images in {seconds:.1f} s "
                 f"= {n / seconds:.0f} img/s (bundle load included)")
         if args.check:
-            line += "; " + check(args, bundle, Path(tmp) / "infer.csv", ids)
+            line += "; " + check(args, bundle, Path(tmp) / "infer.csv", Path(tmp) / "infer.npz")
     print(line)
 
 
-def check(args, bundle: Path, infer_csv: Path, ids: Path) -> str:
+def check(args, bundle: Path, infer_csv: Path, infer_npz: Path) -> str:
     submission = blend(BlendOptions(args.method, args.runs, f"bench_{args.method}", workdir=args.workdir))
     expected = pd.read_csv(submission, dtype=str, keep_default_na=False)
     got = pd.read_csv(infer_csv, dtype=str, keep_default_na=False)
@@ -69,9 +71,10 @@ def check(args, bundle: Path, infer_csv: Path, ids: Path) -> str:
     same_ids = (got.iloc[:, 0].to_numpy() == expected.iloc[:, 0].to_numpy()).all()
     same = int((got.to_numpy() == expected.to_numpy()).all(axis=1).sum())
     fitted = fit_blend(BlendOptions(args.method, args.runs, workdir=args.workdir))
-    _, logits = load_bundle(bundle).run_logits(args.images, ids=ids)
-    stored = fitted.aligned.test_logits[:, :logits.shape[1]]
-    diff = np.abs(logits - stored)
+    logits = np.load(infer_npz)["logits"]
+    used = [run["blend_index"] for run in json.loads((bundle / "bundle.json").read_text())["runs"]]
+    stored = fitted.aligned.test_logits[used, :logits.shape[1]]
+    diff = np.abs(logits[used] - stored)
     return (f"ids in order: {bool(same_ids)}; rows equal to comp blend's CSV: {same}/{len(got)}; "
             f"|logit - runs/ test logit| max {diff.max():.4f}, mean {diff.mean():.5f} "
             f"(logit scale: mean |logit| {np.abs(stored).mean():.2f})")

@@ -43,14 +43,18 @@ def copy_workdir(trained, tmp_path) -> Path:
     return work
 
 
-@pytest.mark.parametrize("method", ["soft", "stack"])
-def test_infer_writes_blends_labels_with_the_workdir_deleted(trained, tmp_path, method, monkeypatch):
+@pytest.mark.parametrize("method, top", [("soft", None), ("stack", None), ("logit", "1")])
+def test_infer_writes_blends_labels_with_the_workdir_deleted(trained, tmp_path, method, top, monkeypatch):
     work = copy_workdir(trained, tmp_path)
-    assert main(["--workdir", str(work), "blend", "--method", method, "--name", "b"]) == 0
+    top_args = ["--top", top] if top else []
+    assert main(["--workdir", str(work), "blend", "--method", method, "--name", "b", *top_args]) == 0
     expected = pd.read_csv(work / "submissions" / "b.csv", dtype=str)
-    fitted = fit_blend(BlendOptions(method, workdir=str(work)))
+    fitted = fit_blend(BlendOptions(method, top=top, workdir=str(work)))
     expected_probs = fitted.blender.predict(fitted.aligned.test_logits)
-    assert main(["--workdir", str(work), "export", "b", "--method", method, "--out", str(tmp_path / "bundle")]) == 0
+    assert main(["--workdir", str(work), "export", "b", "--method", method, "--out", str(tmp_path / "bundle"),
+                 *top_args]) == 0
+    bundled = sorted(p.name for p in (tmp_path / "bundle" / "runs").iterdir())
+    assert bundled == (["cnn_b", "custom_cnn"] if top is None else [fitted.aligned.runs[fitted.blender.keep[0]].name])
     test_images = tmp_path / "test_images"
     shutil.copytree(trained["root"] / "data" / "test", test_images)
     shutil.copy(trained["root"] / "data" / "sampleSubmission.csv", tmp_path / "sample.csv")
@@ -63,13 +67,16 @@ def test_infer_writes_blends_labels_with_the_workdir_deleted(trained, tmp_path, 
     predictions = loaded.predict(test_images, ids=tmp_path / "sample.csv")
     ids, logits = loaded.run_logits(test_images, ids=tmp_path / "sample.csv")
     assert list(ids) == list(expected.id)
-    np.testing.assert_allclose(logits, fitted.aligned.test_logits, atol=5e-2)  # bf16 autocast on both sides
+    used = [i for i in range(len(fitted.aligned.runs)) if i in fitted.blender.keep]
+    np.testing.assert_allclose(logits[used], fitted.aligned.test_logits[used], atol=5e-2)  # bf16 on both sides
     assert list(predictions.columns) == ["id", "label", *COLUMNS]
     np.testing.assert_allclose(predictions[COLUMNS].to_numpy(), expected_probs, atol=2e-2)
     # without --ids the rows are the images in natural id order: 1, 2, ..., 10
-    assert main(["infer", "bundle", "--images", "test_images", "--out", "plain.csv"]) == 0
+    assert main(["infer", "bundle", "--images", "test_images", "--out", "plain.csv", "--logits", "l.npz"]) == 0
     plain = pd.read_csv(tmp_path / "plain.csv", dtype=str)
     assert list(plain.id) == [str(i) for i in range(1, 11)] and list(plain.label) == list(expected.label)
+    saved = np.load(tmp_path / "l.npz")
+    np.testing.assert_allclose(saved["logits"][used], logits[used][:, np.argsort(ids.astype(int))], atol=1e-6)
 
 
 def test_half_bundle_zip_and_images_zip(trained, tmp_path, monkeypatch):
