@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from conftest import make_competition, write_image, zip_folder
 
 import comp
@@ -141,7 +143,7 @@ def test_undecodable_image_is_an_error_or_skipped(bundle, tmp_path, capsys, monk
 
 def test_other_sizes_and_modes_are_converted_like_prepare(bundle, tmp_path, capsys, monkeypatch):
     out, images = bundle
-    rgb = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(images / "1.png").convert("RGB"))
+    rgb = np.asarray(Image.open(images / "1.png").convert("RGB"))
     write_image(images / "12.png", np.kron(rgb, np.ones((2, 2, 1), np.uint8)), mode="L")  # 32x32, greyscale
     monkeypatch.chdir(tmp_path)
     assert main(["infer", str(out), "--images", str(images), "--out", "s.csv"]) == 0
