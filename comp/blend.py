@@ -108,7 +108,20 @@ def score_blend(aligned: Aligned, method: str, num_classes: int, **opts):
     return result, blender, honest
 
 
-def blend(opts: BlendOptions) -> Path:
+@dataclass
+class FittedBlend:
+    """What `comp blend` and `comp export` share: the runs lined up, scored, and the blend fit on them."""
+    workdir: Path
+    label_map: LabelMap
+    layout: dict
+    test_ids: np.ndarray
+    aligned: Aligned
+    per_run: list[dict]
+    result: dict
+    blender: ensemble.Blender
+
+
+def fit_blend(opts: BlendOptions) -> FittedBlend:
     if opts.method not in METHODS:
         raise CompError(f"--method {opts.method}: choose one of {', '.join(METHODS)}")
     workdir = Path(opts.workdir)
@@ -131,16 +144,22 @@ def blend(opts: BlendOptions) -> Path:
           f"{result['insample_accuracy']:.4f}), macro-F1 {result['macro_f1']:.4f}, log loss {result['log_loss']:.4f}")
     if result["weights"] is not None and len(runs) > 1:
         print("  weights: " + ", ".join(f"{r.name}={w:.3f}" for r, w in zip(runs, result["weights"])))
+    return FittedBlend(workdir, label_map, prepare_info["layout"], test_ids, aligned, per_run, result, blender)
 
-    test_scores = blender.predict(aligned.test_logits)
-    name = opts.name or f"{opts.method}_{len(runs)}runs"
+
+def blend(opts: BlendOptions) -> Path:
+    fitted = fit_blend(opts)
+    workdir, label_map, result = fitted.workdir, fitted.label_map, fitted.result
+    test_scores = fitted.blender.predict(fitted.aligned.test_logits)
+    name = opts.name or f"{opts.method}_{len(fitted.aligned.runs)}runs"
     sample_path = sample_submission_path(workdir)
-    submission = make_submission(test_ids, test_scores.argmax(1), label_map, sample_path, prepare_info["layout"])
+    submission = make_submission(fitted.test_ids, test_scores.argmax(1), label_map, sample_path, fitted.layout)
     out = workdir / "submissions" / f"{name}.csv"
     validate_submission(submission, sample_path, label_map)
     write_csv(out, submission)
     write_json(out.with_suffix(".json"), {"method": opts.method, "options": vars(opts), "blend": result,
-                                          "runs": per_run, "label_hash": label_map.hash, "rows": len(submission)})
+                                          "runs": fitted.per_run, "label_hash": label_map.hash,
+                                          "rows": len(submission)})
     print(f"wrote {out} ({len(submission)} rows); send it with:\n  {kaggle_command(out, result)}")
     return out
 

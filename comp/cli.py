@@ -104,6 +104,27 @@ def _submit(args):
     submit(args.csv, args.competition, args.message, args.dry_run, args.workdir)
 
 
+def _export(args):
+    from .bundle import ExportOptions, export
+
+    export(ExportOptions(args.name, args.runs, args.method, args.top, args.temperature, args.metric, args.out,
+                         args.half, args.zip, args.wheels, args.pin or [], args.find_links or [], args.force,
+                         args.workdir))
+
+
+def _infer(args):
+    from .infer import InferOptions, infer
+
+    infer(InferOptions(args.bundle, args.images, args.ids, args.out, args.skip_bad, args.batch_size, args.device,
+                       args.precision, args.logits))
+
+
+def _download(args):
+    from .submit import download
+
+    download(args.competition, args.path)
+
+
 def _demo(args):
     from .demo import run_demo
 
@@ -246,6 +267,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--message")
     p.add_argument("--dry-run", action="store_true", help="validate only")
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("export", parents=[workdir], help="bundle a blend's models for `comp infer` on new images",
+                       description="Write a bundle folder: every chosen run's fold weights, architecture, "
+                       "normalisation, decoding rules, TTA, the fitted blend, the label map and the submission "
+                       "format, with a checksum manifest. The blend is fit exactly as `comp blend` fits it.")
+    p.add_argument("name", help="bundle name (default folder: <workdir>/bundles/<name>)")
+    p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
+    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"])
+    p.add_argument("--top", help="as in comp blend")
+    p.add_argument("--temperature", action="store_true", help="as in comp blend")
+    p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"], help="for --method select")
+    p.add_argument("--out", help="bundle folder (default <workdir>/bundles/<name>)")
+    p.add_argument("--half", action="store_true", help="store the weights as bf16 (half the size)")
+    p.add_argument("--zip", action="store_true", help="also write <out>.zip (to upload as a Kaggle dataset)")
+    p.add_argument("--wheels", nargs="?", const="all", choices=["all", "comp"],
+                   help="add wheels for `pip install --no-index`: all (comp, torch, numpy, pandas, pillow, tqdm, "
+                        "scipy, scikit-learn, pinned to this machine's versions) or comp alone (Kaggle has the rest)")
+    p.add_argument("--pin", action="append", help="--wheels: NAME==VERSION instead of this machine's version, "
+                                                  "e.g. torch==2.13.0+cpu (repeatable)")
+    p.add_argument("--find-links", action="append", help="--wheels: a folder of wheels pip may take (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("infer", help="predict new images with a bundle: no workdir, no network",
+                       description="Decode every image with the bundle's rules, predict with its TTA and blend, "
+                       "and write a CSV in the competition's format (checked like comp blend's).")
+    p.add_argument("bundle", help="bundle folder or .zip from `comp export`")
+    p.add_argument("--images", required=True, help="folder or .zip of images")
+    p.add_argument("--ids", help="the sample submission: rows follow its order, every id needs an image")
+    p.add_argument("--out", default="submission.csv", help="CSV to write (default submission.csv)")
+    p.add_argument("--skip-bad", action="store_true", help="give undecodable images the blend's prior class and "
+                                                          "list them (default: an error)")
+    p.add_argument("--logits", metavar="NPZ", help="also write ids, each run's logits (before the blend) and the "
+                                                  "probabilities to this .npz")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the machine has it")
+    p.set_defaults(func=_infer)
+
+    p = sub.add_parser("download", parents=[workdir], help="download a competition's zip with the Kaggle API")
+    p.add_argument("competition", help="the competition's name in its URL, e.g. cifar-10")
+    p.add_argument("--path", default=".", help="folder for <competition>.zip (default .)")
+    p.set_defaults(func=_download)
 
     p = sub.add_parser("demo", parents=[workdir], help="the whole chain on scikit-learn's digits, offline")
     p.add_argument("--epochs", type=float, default=8)

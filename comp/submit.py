@@ -14,21 +14,24 @@ from .folds import sample_submission_path
 from .io import CompError, read_json
 from .labels import LabelMap
 
-CREDENTIAL_HELP = (
-    "no Kaggle credentials found. Do one of:\n"
-    "  export KAGGLE_API_TOKEN=...            (token from https://www.kaggle.com/settings/api)\n"
-    "  save the token to ~/.kaggle/access_token\n"
-    "  kaggle auth login                      (OAuth; caches credentials in ~/.kaggle)\n"
-    "  legacy: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY\n"
-    "then run comp submit again (or use --dry-run to validate only)."
-)
+def credential_help(then: str) -> str:
+    return ("no Kaggle credentials found. Do one of:\n"
+            "  export KAGGLE_API_TOKEN=...            (token from https://www.kaggle.com/settings/api)\n"
+            "  save the token to ~/.kaggle/access_token\n"
+            "  kaggle auth login                      (OAuth; caches credentials in ~/.kaggle)\n"
+            "  legacy: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY\n"
+            f"then {then}.")
+
+
+CREDENTIAL_HELP = credential_help("run comp submit again (or use --dry-run to validate only)")
 
 
 def validate_submission(submission, sample_path, label_map: LabelMap) -> pd.DataFrame:
-    """Header, row count, id set, empty cells and label set, each with the row that fails."""
+    """Header, row count, id set, empty cells and label set, each with the row that fails.
+    `submission` and `sample_path` are CSV paths or DataFrames (`comp infer` builds its sample)."""
     name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
     frame = submission if isinstance(submission, pd.DataFrame) else _read(submission)
-    sample = _read(sample_path)
+    sample = sample_path if isinstance(sample_path, pd.DataFrame) else _read(sample_path)
     if list(frame.columns) != list(sample.columns):
         raise CompError(f"{name}: header {list(frame.columns)} differs from the sample's {list(sample.columns)}")
     if len(frame) != len(sample):
@@ -102,3 +105,26 @@ def submit(csv_path, competition: str, message: str | None = None, dry_run: bool
     api.authenticate()
     api.competition_submit(str(csv_path), message, competition)
     print(f"submitted {csv_path} to {competition}: {message}")
+
+
+def download(competition: str, path=".") -> Path:
+    """The competition's files as one zip, for `comp prepare --data`."""
+    if not has_credentials():
+        raise CompError(credential_help(f"run comp download {competition} again"))
+    from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: importing kaggle authenticates
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    api = KaggleApi()
+    api.authenticate()
+    try:
+        api.competition_download_files(competition, path=str(folder), quiet=False)
+    except Exception as exc:  # the API raises HTTP errors of its own types (403: rules not accepted)
+        raise CompError(f"kaggle could not download {competition!r} ({exc}); check the name, and accept the "
+                        f"competition's rules on its Kaggle page (403 means they are not accepted yet)") from None
+    archive = folder / f"{competition}.zip"
+    if not archive.exists():
+        raise CompError(f"kaggle reported success but {archive} is not there; files in {folder}: "
+                        f"{sorted(p.name for p in folder.iterdir())[:10]}")
+    print(f"downloaded {archive} ({archive.stat().st_size / 1e6:.1f} MB); next:\n  comp prepare --data {archive}")
+    return archive

@@ -1,0 +1,260 @@
+"""`comp export` and `comp.load_bundle`: a trained blend in one folder that predicts new images anywhere.
+
+<bundle>/
+  bundle.json     comp version; per run: architecture and its arguments, image size, TTA, and per fold the
+                  weights file and the normalisation it was trained with; the blend (method, fitted weights,
+                  temperatures, stacker, class prior); the decoding rules prepare used; the submission format
+  labels.json     the label map (class order and how labels are written)
+  runs/<run>/fold<K>.pt   a plain state dict (loaded with weights_only=True), fp32 or bf16 (--half)
+  wheels/         with --wheels: comp and what `comp infer` imports (comp/wheels.py)
+  manifest.json   sha256 and size of every file above: load_bundle refuses a bundle that differs
+
+The blend is fit by the same code as `comp blend` (comp.blend.fit_blend), so a bundle's predictions on
+the competition's test images are the labels `comp blend` writes from the same runs.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .blend import BlendOptions, FittedBlend, fit_blend
+from .folds import folds_dir, sample_submission_path
+from .io import CompError, atomic_path, read_json, write_json
+
+FORMAT = 1
+BUNDLE_FILE, MANIFEST_FILE, LABELS_FILE = "bundle.json", "manifest.json", "labels.json"
+# model_kwargs that fetch or read weights at build time: in a bundle the weights come from its own files
+WEIGHT_KWARGS = ("pretrained", "weights")
+
+
+@dataclass
+class ExportOptions:
+    name: str
+    runs: list[str] | None = None
+    method: str = "soft"
+    top: str | None = None
+    temperature: bool = False
+    metric: str = "logloss"
+    out: str | None = None
+    half: bool = False
+    zip: bool = False
+    wheels: str | None = None  # None, "all" or "comp"
+    pins: list[str] = field(default_factory=list)
+    find_links: list[str] = field(default_factory=list)
+    force: bool = False
+    workdir: str = "."
+
+
+def export(opts: ExportOptions) -> Path:
+    fitted = fit_blend(BlendOptions(opts.method, opts.runs, opts.name, opts.top, opts.temperature, opts.metric,
+                                    opts.workdir))
+    out = Path(opts.out) if opts.out else Path(opts.workdir) / "bundles" / opts.name
+    if out.exists() and not opts.force:
+        raise CompError(f"{out} exists; pass --force to replace it, or --out another folder")
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        spec = _write_contents(staging, fitted, opts)
+        _write_manifest(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out}: {len(spec['runs'])} run(s), {sum(len(r['folds']) for r in spec['runs'])} fold model(s), "
+          f"blend {opts.method}, {_megabytes(out)} MB{' (bf16 weights)' if opts.half else ''}")
+    if opts.zip:
+        archive = _zip(out)
+        print(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB): upload it as a Kaggle dataset")
+    print(f"predict new images with:\n  comp infer {out} --images TEST_DIR --out submission.csv")
+    return out
+
+
+def _write_contents(root: Path, fitted: FittedBlend, opts: ExportOptions) -> dict:
+    root.mkdir(parents=True)
+    fitted.label_map.save(root / LABELS_FILE)
+    used = _used_runs(fitted.blender)
+    runs = [{**_export_run(root, run, opts.half), "blend_index": i} for i, run in enumerate(fitted.aligned.runs)
+            if i in used]
+    unused = [run.name for i, run in enumerate(fitted.aligned.runs) if i not in used]
+    if unused:
+        print(f"left out of the bundle (the blend gives them no weight): {', '.join(unused)}")
+    spec = {"format": FORMAT, "comp_version": __version__, "name": opts.name, "runs": runs,
+            "blend": _blend_spec(fitted), "decode": _decode_spec(fitted.workdir, runs),
+            "submission": _submission_spec(fitted), "weights_dtype": "bfloat16" if opts.half else "float32"}
+    if opts.wheels:
+        from .wheels import collect_wheels
+
+        needs_timm = any(r["arch"].startswith("timm/") for r in runs)
+        spec["wheels"] = collect_wheels(root / "wheels", opts.wheels, needs_timm, opts.pins, opts.find_links)
+    write_json(root / BUNDLE_FILE, spec)
+    return spec
+
+
+def _used_runs(blender) -> set[int]:
+    """Runs the blend reads: kept by --top and, except for the stacker, given a weight above zero."""
+    if blender.stacker is not None:
+        return {int(i) for i in blender.keep}
+    return {int(i) for i in blender.keep if blender.weights[i] > 0}
+
+
+def _export_run(root: Path, run, half: bool) -> dict:
+    import torch
+
+    from .io import save_torch
+
+    config = run.folds[0].config
+    folds = []
+    for fold in run.folds:
+        model_file = fold.path / "model.pt"
+        if not model_file.exists():
+            raise CompError(f"{model_file} not found: run {run.name} fold {fold.fold} has no saved weights; "
+                            f"retrain it or leave the run out with --runs")
+        state = torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
+        if half:
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+        rel = f"runs/{run.name}/fold{fold.fold}.pt"
+        save_torch(root / rel, state)
+        folds.append({"fold": fold.fold, "file": rel, "mean": fold.config["mean"], "std": fold.config["std"]})
+    kwargs = {k: v for k, v in config.get("model_kwargs", {}).items() if k not in WEIGHT_KWARGS}
+    return {"name": run.name, "arch": config["arch"], "model_kwargs": kwargs, "num_classes": config["num_classes"],
+            "img_size": config["img_size"], "tta": config.get("tta", "none"), "label_hash": config["label_hash"],
+            "folds": folds}
+
+
+def _blend_spec(fitted: FittedBlend) -> dict:
+    blender = fitted.blender
+    prior = np.bincount(fitted.aligned.y, minlength=fitted.label_map.num_classes) / len(fitted.aligned.y)
+    spec = {"method": blender.method, "combine_method": blender.combine_method, "n_runs": blender.n_runs,
+            "n_classes": blender.n_classes, "keep": blender.keep, "weights": blender.weights,
+            "temperatures": blender.temperatures, "learned": blender.learned, "prior": prior,
+            "oof": {k: fitted.result[k] for k in ("accuracy", "macro_f1", "log_loss")}}
+    if blender.stacker is not None:
+        stack = blender.stacker
+        spec["stacker"] = {"mean": stack.scaler.mean_, "scale": stack.scaler.scale_, "var": stack.scaler.var_,
+                           "coef": stack.clf.coef_, "intercept": stack.clf.intercept_, "classes": stack.clf.classes_,
+                           "n_runs": stack.n_runs, "n_classes": stack.n_classes}
+    return spec
+
+
+def _decode_spec(workdir: Path, runs: list[dict]) -> dict:
+    info = read_json(folds_dir(workdir) / "prepare.json")
+    size = int(info.get("image_size") or info["cache"]["size"])
+    wrong = [r["name"] for r in runs if r["img_size"] != size]
+    if wrong:
+        raise CompError(f"run(s) {', '.join(wrong)} were trained at another image size than folds/prepare.json's "
+                        f"{size}px; export runs of the current preparation")
+    return {"decoder": "comp.cache.load_rgb", "size": size, "resize": "bicubic to size x size when not already",
+            "modes": "RGBA, LA and P with transparency composited on white, then every mode converted to RGB",
+            "sizes_seen": info.get("sizes_seen", {}), "modes_seen": info.get("modes_seen", {})}
+
+
+def _submission_spec(fitted: FittedBlend) -> dict:
+    """How `comp prepare` matched sample ids to test files: with the extension ("name") or without ("stem")."""
+    import pandas as pd
+
+    test = pd.read_csv(folds_dir(fitted.workdir) / "test.csv", dtype=str, keep_default_na=False)
+    sample = pd.read_csv(sample_submission_path(fitted.workdir), dtype=str, keep_default_na=False, nrows=5)
+    names = [os.path.basename(p) for p in test.path]
+    id_from = "name" if all(i == n for i, n in zip(test.id, names)) else "stem"
+    return {"columns": list(sample.columns), "id_col": fitted.layout["sub_id_col"],
+            "label_col": fitted.layout["sub_label_col"], "id_from": id_from,
+            "label_kind": fitted.label_map.label_kind, "pad_width": fitted.label_map.pad_width,
+            "example_rows": sample.head(3).to_dict("records")}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def _write_manifest(root: Path) -> None:
+    write_json(root / MANIFEST_FILE, {"format": FORMAT, "comp_version": __version__,
+                                      "files": {p.relative_to(root).as_posix(): {"sha256": _sha256(p),
+                                                                                 "bytes": p.stat().st_size}
+                                                for p in _files(root)}})
+
+
+def _megabytes(root: Path) -> str:
+    return f"{sum(p.stat().st_size for p in root.rglob('*') if p.is_file()) / 1e6:.1f}"
+
+
+def _zip(folder: Path) -> Path:
+    archive = folder.with_suffix(".zip")
+    with atomic_path(archive) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:  # weights do not compress
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    out.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def open_bundle(path) -> tuple[Path, dict]:
+    """The bundle's folder (a .zip is extracted to a temporary folder) and its bundle.json, checked:
+    made by this comp or an older one, and every file as the manifest lists it."""
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        path = _extract(path)
+    spec_file = path / BUNDLE_FILE
+    if not spec_file.exists():
+        raise CompError(f"{path}: not a comp bundle ({BUNDLE_FILE} missing); make one with `comp export NAME`")
+    spec = read_json(spec_file)
+    if spec.get("format", 0) > FORMAT or _version(spec.get("comp_version", "0")) > _version(__version__):
+        raise CompError(f"{spec_file}: made by comp {spec.get('comp_version')} (bundle format {spec.get('format')}), "
+                        f"newer than this comp {__version__} (format {FORMAT}); install the comp wheel from the "
+                        f"bundle's wheels/ folder, or a newer comp")
+    verify_manifest(path)
+    return path, spec
+
+
+def verify_manifest(root: Path) -> None:
+    manifest_file = root / MANIFEST_FILE
+    if not manifest_file.exists():
+        raise CompError(f"{manifest_file} missing: the bundle is incomplete; copy it again or re-export it")
+    for rel, entry in read_json(manifest_file)["files"].items():
+        path = root / rel
+        if not path.is_file():
+            raise CompError(f"{path}: listed in {MANIFEST_FILE} but missing; copy the whole bundle folder")
+        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+            raise CompError(f"{path}: checksum does not match {MANIFEST_FILE} (changed or damaged in transit); "
+                            f"copy the bundle again or re-export it")
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split("+")[0].split("."))
+
+
+def _extract(archive: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="comp-bundle-"))
+    atexit.register(shutil.rmtree, target, True)  # the extracted copy lives as long as the process
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(target)  # extractall drops '..' and absolute parts of member names
+    inner = [p for p in target.iterdir() if p.name != "__MACOSX"]
+    return inner[0] if len(inner) == 1 and inner[0].is_dir() else target
+
+
+def load_bundle(path, device: str = "auto", precision: str = "auto"):
+    """A bundle (folder or .zip) ready to predict: `load_bundle(p).predict("test_images/")` -> DataFrame."""
+    from .infer import Bundle
+
+    root, spec = open_bundle(path)
+    return Bundle(root, spec, device, precision)
