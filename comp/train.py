@@ -37,7 +37,7 @@ from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model, model_info
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
-from .runs import RunLock, fold_dir, is_complete
+from .runs import RunBusy, RunLock, fold_dir, is_complete
 
 # Used where neither the model's recipe nor the command line says otherwise.
 # Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
@@ -143,13 +143,19 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     prepared = load_prepared(cfg.workdir)
     n_folds = int(prepared.folds.fold.max()) + 1
     if cfg.fold == -1:
-        results = []
+        results, busy = [], []
         for k in range(n_folds):
             path = fold_dir(cfg.workdir, cfg.name or cfg.arch.replace("/", "_"), k)
             if run_on_main(is_complete, path) and not cfg.force:
                 ctx.print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
                 continue
-            results.append(train_fold(TrainConfig(**{**asdict(cfg), "fold": k}), prepared))
+            try:
+                results.append(train_fold(TrainConfig(**{**asdict(cfg), "fold": k}), prepared))
+            except RunBusy as exc:  # another process trains this fold: leave it to it, go on
+                ctx.print(f"fold {k}: busy, skipping it: {exc}")
+                busy.append(k)
+        if busy:
+            ctx.print(f"skipped busy fold(s) {', '.join(map(str, busy))}: another process is training them")
         return results
     if not 0 <= cfg.fold < n_folds:
         raise CompError(f"--fold {cfg.fold}: folds.csv has folds 0..{n_folds - 1} (or use --fold all)")
@@ -172,11 +178,12 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
 
 
 def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
+    # the lock first: a fold another process is training is busy (RunBusy), not "unfinished"
+    lock.enter_context(RunLock(out))
     if is_complete(out) and not cfg.force:
         raise CompError(f"{out} is already complete; pass --force to train it again")
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
-    lock.enter_context(RunLock(out))
     resuming = cfg.resume and (out / "checkpoint.pt").exists()
     if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
         for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
