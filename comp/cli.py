@@ -32,6 +32,7 @@ def _train_config(args, fold):
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
                                             "patience", "grad_clip", "muon_lr")}
     ema = {"on": True, "off": False}.get(args.ema)
+    tuned_on = None
     if getattr(args, "params", None) or getattr(args, "params_from", None):
         from .tune import tuned_fields  # tuned values fill only what the command line left unset
 
@@ -39,10 +40,11 @@ def _train_config(args, fold):
         recipe = {k: tuned.get(k) if v is None else v for k, v in recipe.items()}
         ema = tuned.get("ema") if ema is None else ema
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
+        tuned_on = tuned.get("tuned_on")
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
                        loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,
-                       force=args.force, model_kwargs=model_kwargs, ema=ema, **recipe)
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, tuned_on=tuned_on, **recipe)
 
 
 def _train(args):
@@ -184,25 +186,38 @@ def _add_train_args(p):
     p.add_argument("--params-from", metavar="STUDY", help="the tune study --params best reads (implies it)")
 
 
+WORKDIR_HELP = "folder holding folds/, runs/, submissions/ (default .)"
+BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logits; hard: majority vote; "
+              "rank: average each class's rank; select: Caruana selection (greedy, with repeats) of the runs "
+              "that improve --metric; stack: logistic regression on the runs' OOF logits "
+              "(select and stack learn from labels and are scored nested)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comp", description="Kaggle image classification: prepare, train, blend, submit.")
-    parser.add_argument("--workdir", default=".", help="folder holding folds/, runs/, submissions/ (default .)")
+    parser.add_argument("--workdir", default=".", help=WORKDIR_HELP)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or COMP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    # --workdir is accepted after the sub-command too (comp prepare --data X --workdir D).
+    # --workdir and --debug are accepted after the sub-command too (comp prepare --data X --workdir D).
     workdir = argparse.ArgumentParser(add_help=False)
-    workdir.add_argument("--workdir", default=argparse.SUPPRESS, help="as above")
+    workdir.add_argument("--workdir", default=argparse.SUPPRESS, help=WORKDIR_HELP)
+    workdir.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error (or COMP_DEBUG=1)")
 
     p = sub.add_parser("prepare", parents=[workdir], help="merge train+val, stratified folds, label map, image cache")
     p.add_argument("--data", required=True, help="competition zip or extracted folder")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: most common size)")
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default 5); changing it "
+                   "makes runs trained on the previous split unusable")
+    p.add_argument("--seed", type=int, default=42, help="seed of the fold shuffle (default 42); changing it "
+                   "makes runs trained on the previous split unusable")
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE pixels (default: the most common size)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad rows/images and report them instead of failing")
     p.add_argument("--no-cache", action="store_true", help="check every image but write no cache (images too large "
                    "to cache): `comp train` then reads the files (--loader albu)")
     for flag in ("train-csv", "val-csv", "id-col", "label-col", "image-dir", "val-image-dir", "test-dir",
                  "sample-submission", "ext"):
-        p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}")
+        p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}"
+                       + (" (only files with it count, e.g. png)" if flag == "ext" else ""))
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture",
@@ -218,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
     p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
     p.add_argument("--force", action="store_true", help="overwrite a complete re-predicted run")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("blend", parents=[workdir], help="combine runs and write submissions/<name>.csv")
-    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"])
+    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"],
+                   help=BLEND_HELP + " (default soft)")
     p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
     p.add_argument("--name", help="submission name (default: <method>_<n>runs)")
     p.add_argument("--top", help="keep the best runs first: '30%%' or a count")
@@ -238,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("submit", parents=[workdir], help="validate a submission and send it to Kaggle")
-    p.add_argument("csv")
-    p.add_argument("-c", "--competition", required=True)
-    p.add_argument("-m", "--message")
+    p.add_argument("csv", help="the submission CSV, e.g. submissions/soft_1runs.csv")
+    p.add_argument("-c", "--competition", required=True, help="the competition's name in its Kaggle URL, e.g. cifar-10")
+    p.add_argument("-m", "--message", help="submission message (default: the blend method and its OOF scores)")
     p.add_argument("--dry-run", action="store_true", help="validate only")
     p.set_defaults(func=_submit)
 
@@ -263,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="fix the epochs instead of searching them")
     p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler (default: differs per worker)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every trial")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.set_defaults(func=_tune)
 
@@ -276,17 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip", "flip+shift"])
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.set_defaults(func=_grid)
     return parser
 
 
+def quiet_openmp(environ=os.environ) -> None:
+    """Before torch loads: OpenMP threads that sleep at barriers instead of spinning.
+
+    With the default (active) policy each process spins one thread per core at every barrier; two
+    trainings on one machine then fight for the cores and together run at a fraction of one alone
+    (BENCHMARKS.md, scripts/bench_concurrent.py). A value the user set is kept."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv=None) -> int:
+    quiet_openmp()
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("COMP_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
     except CompError as exc:
+        if debug:
+            raise
         if not getattr(exc, "quiet", False):  # under torchrun rank 0 alone reports an error all ranks share
             print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -294,7 +323,18 @@ def main(argv=None) -> int:
         print("\ninterrupted: outputs written so far are complete; `comp train ... --resume` continues a run",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # a case comp does not check yet: one line, never a traceback
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {_one_line(exc)} (comp --debug {args.command} ... or COMP_DEBUG=1 "
+              f"shows the traceback)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 if __name__ == "__main__":

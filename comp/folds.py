@@ -340,11 +340,18 @@ class Prepared:
         return int(self.info.get("image_size") or self.train_images.shape[1])
 
 
-def load_prepared(workdir) -> Prepared:
-    workdir = Path(workdir)
+def prepared_dir(workdir) -> Path:
+    """folds/ of a finished `comp prepare`, or the error that says to run it."""
     out = folds_dir(workdir)
     if not (out / "prepare.json").exists():
-        raise CompError(f"{out / 'prepare.json'} not found: run `comp prepare --data ...` in {workdir.resolve()}")
+        raise CompError(f"{out / 'prepare.json'} not found: run `comp prepare --data ...` in "
+                        f"{Path(workdir).resolve()} (or pass --workdir)")
+    return out
+
+
+def load_prepared(workdir) -> Prepared:
+    workdir = Path(workdir)
+    out = prepared_dir(workdir)
     info = read_json(out / "prepare.json")
     folds = pd.read_csv(out / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
     test = pd.read_csv(out / "test.csv", dtype={"id": str, "path": str}, keep_default_na=False)

@@ -102,6 +102,33 @@ def check_trained_on(config: dict, path, label_hash: str, split: str | None) -> 
                         f"retrain it (or leave the run out with --runs)")
 
 
+OOF_LABEL_USES = {
+    "patience": "--patience chose the kept epoch on the held-out fold's labels",
+    "plateau": "--schedule plateau stepped the learning rate on the held-out fold's loss",
+    "tuned": "--params: hyperparameters chosen by `comp tune` on this fold's validation score",
+}
+
+
+def oof_label_use(config: dict) -> list[str]:
+    """How a fold's training looked at its own held-out labels (keys of OOF_LABEL_USES): its OOF
+    score is then optimistic. From config.json, so runs trained before the record existed get it too."""
+    uses = []
+    if config.get("patience"):
+        uses.append("patience")
+    if config.get("schedule") == "plateau":
+        uses.append("plateau")
+    tuned = config.get("tuned_on") or {}
+    if tuned and int(tuned.get("fold", -1)) == int(config.get("fold", -2)):
+        uses.append("tuned")
+    return uses
+
+
+def run_label_use(run) -> str:
+    """The OOF label uses of any of a run's folds, for leaderboards and blend lines ("" if none)."""
+    uses = {use for fold in run.folds for use in oof_label_use(fold.config)}
+    return ",".join(use for use in OOF_LABEL_USES if use in uses)
+
+
 @dataclass
 class FoldResult:
     name: str

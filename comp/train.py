@@ -37,7 +37,7 @@ from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model, model_info
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
-from .runs import RunBusy, RunLock, fold_dir, is_complete
+from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use
 
 # Used where neither the model's recipe nor the command line says otherwise.
 # Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
@@ -67,6 +67,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     val_every: int = 1  # validate every N epochs (0: only after the last); patience counts validations
     model_kwargs: dict = field(default_factory=dict)
+    tuned_on: dict | None = None  # --params: the comp tune study (and its fold) the recipe came from
     # recipe: None means "the model's recipe, else BASE_RECIPE"
     epochs: float | None = None
     batch_size: int | None = None
@@ -112,6 +113,10 @@ class TrainConfig:
         if not isinstance(self.val_every, int) or self.val_every < 0:
             raise CompError(f"--val-every {self.val_every}: need 0 (only after the last epoch) "
                             f"or a whole number of epochs")
+        if not isinstance(values["patience"], int) or values["patience"] < 0:
+            raise CompError(f"--patience {values['patience']}: need 0 (off) or a whole number of epochs")
+        if not values["grad_clip"] >= 0:
+            raise CompError(f"--grad-clip {values['grad_clip']}: need 0 (off) or a positive norm")
         if values["workers"] < 0:
             raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)
@@ -334,6 +339,7 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
     no_tta = None if no_tta is None or math.isnan(no_tta) else no_tta
     metrics.update(tta=cfg.tta, accuracy_no_tta=no_tta, best_epoch=state["best_epoch"],
                    weights_epoch=state["weights_epoch"], epoch_chosen_on_oof_labels=bool(cfg.patience),
+                   used_oof_labels={use: OOF_LABEL_USES[use] for use in oof_label_use(config)},
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
                    n_oof=int(len(y_val)), n_test=int(len(test_logits)))
