@@ -186,6 +186,7 @@ def _add_train_args(p):
     p.add_argument("--params-from", metavar="STUDY", help="the tune study --params best reads (implies it)")
 
 
+PRECISION_HELP = "auto: bf16 autocast on CUDA and on CPUs with bf16 support, else fp32"
 WORKDIR_HELP = "folder holding folds/, runs/, submissions/ (default .)"
 BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logits; hard: majority vote; "
               "rank: average each class's rank; select: Caruana selection (greedy, with repeats) of the runs "
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[workdir], help="re-predict a finished run with another TTA")
     p.add_argument("--run", required=True, help="run name under runs/")
-    p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"])
+    p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"],
+                   help="test-time augmentation of the new predictions: none, flip (2 views), flip+shift (6 views)")
     p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
     p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
     p.add_argument("--force", action="store_true", help="overwrite a complete re-predicted run")
@@ -261,18 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_submit)
 
     p = sub.add_parser("demo", parents=[workdir], help="the whole chain on scikit-learn's digits, offline")
-    p.add_argument("--epochs", type=float, default=8)
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=float, default=8, help="epochs of each fold's training (default 8)")
+    p.add_argument("--folds", type=int, default=5, help="folds of the digits split (default 5)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("tune", parents=[workdir], help="Optuna search over an architecture's recipe on one fold")
-    p.add_argument("--arch", required=True)
+    p.add_argument("--arch", required=True, help="architecture to tune (see comp train --list-archs)")
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs (workers add up)")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="fold whose validation score is maximised (default 0); "
+                   "its OOF score is then optimistic for runs trained with --params best")
     p.add_argument("--storage", help="Optuna URL or journal:PATH (default sqlite:///<workdir>/tune.db)")
     p.add_argument("--study", help="study name (default <arch>-fold<K>); workers with one name share it")
     p.add_argument("--space", help="YAML/TOML search space overrides (see comp/tune_space.py)")
-    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"])
+    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
+                   help="stop poor trials early: median (below the median at the same epoch), halving "
+                        "(successive halving), none (default median)")
     p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning")
     p.add_argument("--warmup-epochs", type=int, default=2, help="no pruning before this epoch")
     p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
@@ -280,20 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler (default: differs per worker)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every trial")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help=PRECISION_HELP)
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("grid", parents=[workdir], help="train every (arch, fold) in turn, skipping done/busy runs")
     p.add_argument("--archs", required=True, help="comma-separated architectures, e.g. fastnet,custom_cnn")
     p.add_argument("--folds", default="all", help="'all' or comma-separated folds, e.g. 0,1")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--aug")
-    p.add_argument("--tta", choices=["none", "flip", "flip+shift"])
-    p.add_argument("--patience", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=float, help="epochs of every run (default: each architecture's recipe)")
+    p.add_argument("--batch-size", type=int, help="batch of every run (default: each architecture's recipe)")
+    p.add_argument("--aug", help="augmentation of every run, e.g. flip,translate:2 (default: the recipe's)")
+    p.add_argument("--tta", choices=["none", "flip", "flip+shift"], help="test-time augmentation (default: the recipe's)")
+    p.add_argument("--patience", type=int, help="early-stopping patience (0: off; default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help=PRECISION_HELP)
     p.set_defaults(func=_grid)
     return parser
 
