@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import default_aug, parse_aug, pixel_params
+from .cpu_share import share_cpu
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
@@ -257,6 +258,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                    desc=f"epoch {epoch + 1}/{math.ceil(cfg.epochs)}", disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, target in bar:
+            share_cpu(device)  # several trainings on one CPU: threads = cores // trainings
             multiplier = lr_multiplier(cfg.schedule, state["step"], total_steps) * plateau.multiplier
             set_lr(optimizer, multiplier)
             with autocast(device, precision):

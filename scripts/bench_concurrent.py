@@ -1,13 +1,16 @@
 """Two trainings on one CPU machine: does the pair keep the throughput of one alone?
 
-    python scripts/bench_concurrent.py --workdir WORKDIR [--arch fastnet] [--seconds 40] [--short]
+    python scripts/bench_concurrent.py --workdir WORKDIR [--arch fastnet] [--seconds 20] [--short]
 
-WORKDIR must hold a `comp prepare` output (e.g. CIFAR-10). For each OpenMP wait policy, "off"
-(OMP_WAIT_POLICY unset: torch's OpenMP threads spin at every barrier, as before comp set it) and
-"on" (comp.cli.quiet_openmp, what every `comp` command now does before torch loads), it trains
-the architecture's bare loop (scripts/bench_throughput.py) in one process alone, then in two
+WORKDIR must hold a `comp prepare` output (e.g. CIFAR-10). For each configuration it trains the
+architecture's bare loop (as scripts/bench_throughput.py) in one process alone, then in two
 processes at once, each for --seconds after a common start, and counts images per second.
-Prints one result line: alone, each of the two and their sum, and the ratio sum/alone per policy.
+Configurations (--configs):
+  before         torch's defaults: one OpenMP thread per core in each process, default wait policy
+  passive        OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers instead of spinning)
+  share          comp.cpu_share.share_cpu at every step, as `comp train` does: threads = cores // trainings
+  passive+share  both
+Prints one result line: per configuration alone, each of the two, their sum, and sum/alone.
 """
 from __future__ import annotations
 
@@ -20,17 +23,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("before", "passive", "share", "passive+share")
 
 
 def child(args) -> None:
     """One training process: warm up, say ready, wait for "go" on stdin, train --seconds, print img/s."""
-    if args.policy == "on":
-        sys.path.insert(0, str(ROOT))
-        from comp.cli import quiet_openmp
-
-        quiet_openmp()
-    else:
-        os.environ.pop("OMP_WAIT_POLICY", None)
+    os.environ.pop("OMP_WAIT_POLICY", None)
+    os.environ.pop("OMP_NUM_THREADS", None)
+    os.environ["COMP_CPU_SHARE"] = "1" if "share" in args.config else "0"
+    if "passive" in args.config:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch  # after the policy: OpenMP reads it when torch loads
     import torch.nn.functional as F
 
@@ -39,6 +41,7 @@ def child(args) -> None:
     from comp.folds import load_prepared
     from comp.models import create_model, model_info
     from comp.optim import build_optimizer
+    from comp.cpu_share import share_cpu
     from comp.train import BASE_RECIPE, autocast, pick_device, pick_precision
 
     prepared = load_prepared(args.workdir)
@@ -54,6 +57,7 @@ def child(args) -> None:
                           recipe["momentum"], recipe["bias_lr_scale"], recipe["muon_lr"])
 
     def step():
+        share_cpu(device)
         idx = torch.randint(0, len(x), (args.batch,))
         with autocast(device, precision):
             out = model(x[idx])
@@ -73,8 +77,8 @@ def child(args) -> None:
                       "threads": torch.get_num_threads()}), flush=True)
 
 
-def run_together(args, policy: str, n: int) -> list[float]:
-    command = [sys.executable, __file__, "--child", "--policy", policy, "--workdir", args.workdir,
+def run_together(args, config: str, n: int) -> list[float]:
+    command = [sys.executable, __file__, "--child", "--config", config, "--workdir", args.workdir,
                "--arch", args.arch, "--batch", str(args.batch), "--seconds", str(args.seconds)]
     procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     for proc in procs:  # every process warmed up before any starts counting
@@ -92,21 +96,21 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--arch", default="fastnet")
     parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--seconds", type=float, default=40)
-    parser.add_argument("--policies", default="off,on")
-    parser.add_argument("--short", action="store_true", help="8 s windows: checks that it runs, not a figure")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--short", action="store_true", help="5 s windows: checks that it runs, not a figure")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--policy", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.short:
-        args.seconds = 8
+        args.seconds = 5
     if args.child:
         return child(args)
     parts = []
-    for policy in args.policies.split(","):
-        alone = run_together(args, policy, 1)[0]
-        pair = run_together(args, policy, 2)
-        parts.append(f"policy {policy}: alone {alone:.0f} img/s, two together {pair[0]:.0f} + {pair[1]:.0f} = "
+    for config in args.configs.split(","):
+        alone = run_together(args, config, 1)[0]
+        pair = run_together(args, config, 2)
+        parts.append(f"{config}: alone {alone:.0f} img/s, two together {pair[0]:.0f} + {pair[1]:.0f} = "
                      f"{sum(pair):.0f} img/s, ratio {sum(pair) / alone:.2f}")
     print(f"concurrent {args.arch} cpu batch {args.batch} {args.seconds:g}s windows, {os.cpu_count()} CPUs: "
           + "; ".join(parts))

@@ -314,6 +314,38 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch, workdi
     assert result.stdout.strip() == "PASSIVE", result.stderr
 
 
+def test_cpu_trainings_share_the_cores(tmp_path, monkeypatch):
+    import torch
+
+    from comp import cpu_share
+
+    monkeypatch.setattr(cpu_share, "REGISTRY", tmp_path / "registry")
+    monkeypatch.setattr(cpu_share, "CHECK_EVERY", 0.0)
+    monkeypatch.setattr(cpu_share, "_state", {"entry": None, "cores": None, "checked": -1.0})
+    monkeypatch.setenv("COMP_CPU_SHARE", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    try:
+        torch.set_num_threads(4)
+        cpu_share.share_cpu(cpu)  # alone: every core
+        assert torch.get_num_threads() == 4 and len(list((tmp_path / "registry").iterdir())) == 1
+        other = tmp_path / "registry" / f"{socket.gethostname()}-{os.getppid()}"  # a live process
+        other.touch()
+        (tmp_path / "registry" / f"{socket.gethostname()}-{_dead_pid()}").touch()  # a killed one
+        cpu_share.share_cpu(cpu)
+        assert torch.get_num_threads() == 2 and cpu_share.live_trainings() == 2
+        other.unlink()
+        cpu_share.share_cpu(cpu)  # the other finished: the cores come back
+        assert torch.get_num_threads() == 4
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's count wins
+        other.touch()
+        cpu_share.share_cpu(cpu)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 # 8. help texts --------------------------------------------------------------------------------------
 
 def test_every_option_has_a_help_text_and_none_says_as_above():
