@@ -303,17 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_openmp(environ=os.environ) -> None:
-    """Before torch loads: OpenMP threads that sleep at barriers instead of spinning.
-
-    With the default (active) policy each process spins one thread per core at every barrier; two
-    trainings on one machine then fight for the cores and together run at a fraction of one alone
-    (BENCHMARKS.md, scripts/bench_concurrent.py). A value the user set is kept."""
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def main(argv=None) -> int:
-    quiet_openmp()
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("COMP_DEBUG", "") not in ("", "0")
     try:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from comp import staging
 from comp.cache import duplicate_report, load_rgb
-from comp.cli import build_parser, main, quiet_openmp
+from comp.cli import build_parser, main
 from comp.folds import PrepareOptions, assign_folds, folds_dir, load_prepared, prepare
 from comp.runs import fold_dir, oof_label_use, run_label_use
 from comp.tune import tuned_fields
@@ -294,25 +294,6 @@ def test_duplicates_stay_in_one_fold_and_other_splits_are_unchanged():
 
 
 # 7. two trainings on one machine -----------------------------------------------------------------
-
-def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch, workdir):
-    environ = {}
-    quiet_openmp(environ)
-    assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
-    environ = {"OMP_WAIT_POLICY": "ACTIVE"}
-    quiet_openmp(environ)
-    assert environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    main(["blend"])  # fails (nothing prepared): the policy is set before any command runs
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    # `python -m comp` sets it before torch is imported (OpenMP reads it when torch loads)
-    code = ("import os, sys; from comp import cli; sys.argv = ['comp', 'blend']; "
-            "cli.quiet_openmp(); assert 'torch' not in sys.modules, 'torch loaded before the policy'; "
-            "print(os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert result.stdout.strip() == "PASSIVE", result.stderr
-
 
 def test_cpu_trainings_share_the_cores(tmp_path, monkeypatch):
     import torch
