@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from . import ensemble
-from .folds import folds_dir, sample_submission_path, split_fingerprint
+from .folds import folds_dir, prepared_dir, sample_submission_path, split_fingerprint
 from .io import CompError, read_json, write_csv, write_json
 from .labels import LabelMap
-from .runs import Run, check_trained_on, find_runs
+from .runs import Run, check_trained_on, find_runs, run_label_use
 from .submit import kaggle_command, validate_submission
 
 METHODS = ("soft", "logit", "hard", "rank", "select", "stack")
@@ -85,7 +85,7 @@ def run_scores(aligned: Aligned, num_classes: int) -> list[dict]:
     for run, z in zip(aligned.runs, aligned.oof_logits):
         rows.append({"run": run.name, "folds": run.fold_ids,
                      **ensemble.score_probs(ensemble.softmax(z), aligned.y, num_classes),
-                     "tta": run.folds[0].config.get("tta")})
+                     "tta": run.folds[0].config.get("tta"), "oof_labels_used": run_label_use(run)})
     return rows
 
 
@@ -125,16 +125,18 @@ def fit_blend(opts: BlendOptions) -> FittedBlend:
     if opts.method not in METHODS:
         raise CompError(f"--method {opts.method}: choose one of {', '.join(METHODS)}")
     workdir = Path(opts.workdir)
-    label_map = LabelMap.load(folds_dir(workdir) / "labels.json")
-    prepare_info = read_json(folds_dir(workdir) / "prepare.json")
-    test_ids = pd.read_csv(folds_dir(workdir) / "test.csv", dtype={"id": str}, keep_default_na=False).id.to_numpy()
+    folds = prepared_dir(workdir)
+    label_map = LabelMap.load(folds / "labels.json")
+    prepare_info = read_json(folds / "prepare.json")
+    test_ids = pd.read_csv(folds / "test.csv", dtype={"id": str}, keep_default_na=False).id.to_numpy()
     runs = find_runs(workdir, opts.runs)
     check_runs(runs, label_map, current_split(workdir))
     aligned = align(runs, test_ids.astype(str))
     per_run = run_scores(aligned, label_map.num_classes)
     for row in per_run:
         print(f"  run {row['run']:<24} folds {row['folds']}  OOF accuracy {row['accuracy']:.4f}  "
-              f"macro-F1 {row['macro_f1']:.4f}  log loss {row['log_loss']:.4f}  (TTA {row['tta']})")
+              f"macro-F1 {row['macro_f1']:.4f}  log loss {row['log_loss']:.4f}  (TTA {row['tta']})"
+              + (f"  optimistic: used its OOF labels ({row['oof_labels_used']})" if row["oof_labels_used"] else ""))
     fit_opts = dict(temperature=opts.temperature, top=_parse_top(opts.top, len(runs)))
     if opts.method == "select":
         fit_opts["metric"] = opts.metric

@@ -41,11 +41,31 @@ def choose_size(sizes) -> int:
     return counts.most_common(1)[0][0]
 
 
+# Modes with more than 8 bits per pixel and how load_rgb brings them to 0..255 (prepare's summary
+# shows it). Pillow's own convert("RGB") clips them at 255 instead, which destroys them.
+DEEP_MODES = {"I;16": "0..65535 -> 0..255", "I;16L": "0..65535 -> 0..255", "I;16B": "0..65535 -> 0..255",
+              "I;16N": "0..65535 -> 0..255",
+              "I": "0..65535 -> 0..255 when the values fit, else each image's min..max -> 0..255",
+              "F": "each image's min..max -> 0..255"}
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit grayscale, scaled by its range (DEEP_MODES)."""
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    low, high = 0.0, 65535.0
+    if img.mode == "F" or values.min() < 0 or values.max() > 65535:  # no fixed range: the image's own
+        low, high = float(values.min()), float(values.max())
+    scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def load_rgb(path: str, size: int | None) -> np.ndarray:
     """Decode one image to (size, size, 3) uint8 (size None: as it is), whatever its mode (L, RGBA, P,
-    CMYK...). The one decoder of comp: the cache and the per-image loader see the same pixels."""
+    CMYK, 16-bit, float...). The one decoder of comp: the cache and the per-image loader see the same pixels."""
     with Image.open(path) as img:
         img.load()  # forces a full decode so a truncated file fails here, not later
+        if img.mode in DEEP_MODES:
+            img = to_8bit(img)
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             # Composite on white: dropping alpha leaves arbitrary colours under transparent pixels.
             img = img.convert("RGBA")
@@ -90,19 +110,23 @@ def open_cache(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def duplicate_report(train_hashes, train_labels, test_hashes) -> dict:
-    """Exact pixel duplicates: within train, across labels (label noise), and train/test overlap."""
+def duplicate_report(train_hashes, train_labels, test_hashes, train_ids=None, shown: int = 50) -> dict:
+    """Exact pixel duplicates: within train, across labels (label noise: their ids are listed, up to
+    `shown` groups), and train/test overlap. Prepare keeps each group in one fold (assign_folds)."""
     groups: dict[str, list[int]] = {}
     for row, h in enumerate(train_hashes):
         groups.setdefault(h, []).append(row)
     dup_groups = [rows for rows in groups.values() if len(rows) > 1]
     conflicting = [rows for rows in dup_groups if len({train_labels[r] for r in rows}) > 1]
     test_overlap = sum(1 for h in test_hashes if h in groups)
+    ids = train_ids if train_ids is not None else [str(r) for r in range(len(train_hashes))]
     return {
         "train_duplicate_groups": len(dup_groups),
         "train_duplicate_images": sum(len(g) for g in dup_groups),
         "duplicates_with_conflicting_labels": len(conflicting),
+        "conflicting_label_groups": [{str(ids[r]): train_labels[r] for r in rows} for rows in conflicting[:shown]],
         "test_images_also_in_train": test_overlap,
+        "kept_in_one_fold": True,
     }
 
 

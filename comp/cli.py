@@ -36,6 +36,7 @@ def _train_config(args, fold):
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
                                             "patience", "grad_clip", "muon_lr", "muon_momentum")}
     ema = {"on": True, "off": False}.get(args.ema)
+    tuned_on = None
     if getattr(args, "params", None) or getattr(args, "params_from", None):
         from .tune import tuned_fields  # tuned values fill only what the command line left unset
 
@@ -43,11 +44,12 @@ def _train_config(args, fold):
         recipe = {k: tuned.get(k) if v is None else v for k, v in recipe.items()}
         ema = tuned.get("ema") if ema is None else ema
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
+        tuned_on = tuned.get("tuned_on")
     budget = args.budget and parse_budget(args.budget)
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
                        loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,
-                       force=args.force, model_kwargs=model_kwargs, ema=ema, budget=budget,
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, tuned_on=tuned_on, budget=budget,
                        budget_started=STARTED if budget else None, **recipe)
 
 
@@ -208,25 +210,39 @@ def _add_train_args(p):
     p.add_argument("--params-from", metavar="STUDY", help="the tune study --params best reads (implies it)")
 
 
+PRECISION_HELP = "auto: bf16 autocast on CUDA and on CPUs with bf16 support, else fp32"
+WORKDIR_HELP = "folder holding folds/, runs/, submissions/ (default .)"
+BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logits; hard: majority vote; "
+              "rank: average each class's rank; select: Caruana selection (greedy, with repeats) of the runs "
+              "that improve --metric; stack: logistic regression on the runs' OOF logits "
+              "(select and stack learn from labels and are scored nested)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comp", description="Kaggle image classification: prepare, train, blend, submit.")
-    parser.add_argument("--workdir", default=".", help="folder holding folds/, runs/, submissions/ (default .)")
+    parser.add_argument("--workdir", default=".", help=WORKDIR_HELP)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or COMP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    # --workdir is accepted after the sub-command too (comp prepare --data X --workdir D).
+    # --workdir and --debug are accepted after the sub-command too (comp prepare --data X --workdir D).
     workdir = argparse.ArgumentParser(add_help=False)
-    workdir.add_argument("--workdir", default=argparse.SUPPRESS, help="as above")
+    workdir.add_argument("--workdir", default=argparse.SUPPRESS, help=WORKDIR_HELP)
+    workdir.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error (or COMP_DEBUG=1)")
 
     p = sub.add_parser("prepare", parents=[workdir], help="merge train+val, stratified folds, label map, image cache")
     p.add_argument("--data", required=True, help="competition zip or extracted folder")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (default: most common size)")
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default 5); changing it "
+                   "makes runs trained on the previous split unusable")
+    p.add_argument("--seed", type=int, default=42, help="seed of the fold shuffle (default 42); changing it "
+                   "makes runs trained on the previous split unusable")
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE pixels (default: the most common size)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad rows/images and report them instead of failing")
     p.add_argument("--no-cache", action="store_true", help="check every image but write no cache (images too large "
                    "to cache): `comp train` then reads the files (--loader albu)")
     for flag in ("train-csv", "val-csv", "id-col", "label-col", "image-dir", "val-image-dir", "test-dir",
                  "sample-submission", "ext"):
-        p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}")
+        p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}"
+                       + (" (only files with it count, e.g. png)" if flag == "ext" else ""))
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture",
@@ -238,15 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[workdir], help="re-predict a finished run with another TTA")
     p.add_argument("--run", required=True, help="run name under runs/")
-    p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"])
+    p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"],
+                   help="test-time augmentation of the new predictions: none, flip (2 views), flip+shift (6 views)")
     p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
     p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
     p.add_argument("--force", action="store_true", help="overwrite a complete re-predicted run")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("blend", parents=[workdir], help="combine runs and write submissions/<name>.csv")
-    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"])
+    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"],
+                   help=BLEND_HELP + " (default soft)")
     p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
     p.add_argument("--name", help="submission name (default: <method>_<n>runs)")
     p.add_argument("--top", help="keep the best runs first: '30%%' or a count")
@@ -262,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("submit", parents=[workdir], help="validate a submission and send it to Kaggle")
-    p.add_argument("csv")
-    p.add_argument("-c", "--competition", required=True)
-    p.add_argument("-m", "--message")
+    p.add_argument("csv", help="the submission CSV, e.g. submissions/soft_1runs.csv")
+    p.add_argument("-c", "--competition", required=True, help="the competition's name in its Kaggle URL, e.g. cifar-10")
+    p.add_argument("-m", "--message", help="submission message (default: the blend method and its OOF scores)")
     p.add_argument("--dry-run", action="store_true", help="validate only")
     p.set_defaults(func=_submit)
 
@@ -313,48 +331,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_download)
 
     p = sub.add_parser("demo", parents=[workdir], help="the whole chain on scikit-learn's digits, offline")
-    p.add_argument("--epochs", type=float, default=8)
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=float, default=8, help="epochs of each fold's training (default 8)")
+    p.add_argument("--folds", type=int, default=5, help="folds of the digits split (default 5)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("tune", parents=[workdir], help="Optuna search over an architecture's recipe on one fold")
-    p.add_argument("--arch", required=True)
+    p.add_argument("--arch", required=True, help="architecture to tune (see comp train --list-archs)")
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs (workers add up)")
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="fold whose validation score is maximised (default 0); "
+                   "its OOF score is then optimistic for runs trained with --params best")
     p.add_argument("--storage", help="Optuna URL or journal:PATH (default sqlite:///<workdir>/tune.db)")
     p.add_argument("--study", help="study name (default <arch>-fold<K>); workers with one name share it")
     p.add_argument("--space", help="YAML/TOML search space overrides (see comp/tune_space.py)")
-    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"])
+    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
+                   help="stop poor trials early: median (below the median at the same epoch), halving "
+                        "(successive halving), none (default median)")
     p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning")
     p.add_argument("--warmup-epochs", type=int, default=2, help="no pruning before this epoch")
     p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     p.add_argument("--epochs", type=float, help="fix the epochs instead of searching them")
     p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler (default: differs per worker)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every trial")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help=PRECISION_HELP)
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("grid", parents=[workdir], help="train every (arch, fold) in turn, skipping done/busy runs")
     p.add_argument("--archs", required=True, help="comma-separated architectures, e.g. fastnet,custom_cnn")
     p.add_argument("--folds", default="all", help="'all' or comma-separated folds, e.g. 0,1")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--aug")
-    p.add_argument("--tta", choices=["none", "flip", "flip+shift"])
-    p.add_argument("--patience", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--epochs", type=float, help="epochs of every run (default: each architecture's recipe)")
+    p.add_argument("--batch-size", type=int, help="batch of every run (default: each architecture's recipe)")
+    p.add_argument("--aug", help="augmentation of every run, e.g. flip,translate:2 (default: the recipe's)")
+    p.add_argument("--tta", choices=["none", "flip", "flip+shift"], help="test-time augmentation (default: the recipe's)")
+    p.add_argument("--patience", type=int, help="early-stopping patience (0: off; default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help=PRECISION_HELP)
     p.set_defaults(func=_grid)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("COMP_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
     except CompError as exc:
+        if debug:
+            raise
         if not getattr(exc, "quiet", False):  # under torchrun rank 0 alone reports an error all ranks share
             print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -362,7 +386,18 @@ def main(argv=None) -> int:
         print("\ninterrupted: outputs written so far are complete; `comp train ... --resume` continues a run",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # a case comp does not check yet: one line, never a traceback
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {_one_line(exc)} (comp --debug {args.command} ... or COMP_DEBUG=1 "
+              f"shows the traceback)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 if __name__ == "__main__":

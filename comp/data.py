@@ -165,6 +165,11 @@ class ImageIndex:
         self.folder = folder
         self.ext = ext if (ext is None or ext.startswith(".")) else "." + ext
         files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+        if self.ext:  # --ext: only files with that extension, or the flag would be silently ignored
+            found = sorted({p.suffix for p in files})
+            files = [p for p in files if p.suffix.lower() == self.ext.lower()]
+            if not files:
+                raise CompError(f"--ext {ext}: no {self.ext} files in {folder} (found {', '.join(found) or 'none'})")
         self.by_name = {p.name: p for p in files}
         self.by_stem: dict[str, Path] = {}
         for p in files:
@@ -207,9 +212,10 @@ def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFr
     rows, used = [], set()
     for i, (image_id, label) in enumerate(zip(frame[layout.id_col], frame[layout.label_col])):
         where = f"{part.csv.name} row {i + 2}"  # +2: 1-based, after the header line
-        image_id, label = image_id.strip(), label.strip()
+        # the label stays as written (" cat" is not "cat": the submission must write it back the same)
+        image_id = image_id.strip()
         path = index.find(image_id)
-        if not image_id or not label:
+        if not image_id or not label.strip():
             problems.append(Problem(where, f"empty id or label ({image_id!r}, {label!r})"))
         elif path is None:
             problems.append(Problem(where, f"id {image_id!r} has no image file in {part.image_dir}"))
@@ -232,7 +238,8 @@ def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) ->
         elif entry.suffix.lower() in IMAGE_EXTS:
             problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))
     if not rows:
-        raise CompError(f"{part.image_dir}: no class sub-folders with images found")
+        only = f" with extension {ext}" if ext else ""
+        raise CompError(f"{part.image_dir}: no class sub-folders with images{only} found")
     return pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
 
 
@@ -255,3 +262,12 @@ def read_test_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
             problems.append(Problem(where, f"test id {image_id!r} has no image file in {layout.test_dir}"))
         rows.append((image_id, str(path) if path else ""))
     return pd.DataFrame(rows, columns=["id", "path"])
+
+
+def unlisted_test_images(layout: Layout, test: pd.DataFrame) -> list[str]:
+    """Images in the test folder that the sample submission does not list: they get no prediction."""
+    listed = {Path(p).name for p in test.path if p}
+    ext = layout.ext if (layout.ext is None or layout.ext.startswith(".")) else "." + layout.ext
+    return sorted(p.name for p in layout.test_dir.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTS and (ext is None or p.suffix.lower() == ext.lower())
+                  and p.name not in listed)

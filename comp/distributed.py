@@ -87,7 +87,18 @@ def _active() -> bool:
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise CompError(f"--device {requested!r}: expected auto, cpu, cuda, cuda:1 ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CompError(f"--device {requested}: this machine has no CUDA GPU that torch can use "
+                        f"(torch {torch.__version__}); pass --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CompError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CompError(f"--device {requested}: MPS is not available here; pass --device cpu or auto")
+    return device
 
 
 def init_from_env(device_request: str = "auto") -> DistContext:

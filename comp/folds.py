@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import cache as cache_mod
-from .data import LayoutOverrides, Problem, detect_layout, open_competition, read_test_table, read_train_table
+from . import staging
+from .data import (LayoutOverrides, Problem, detect_layout, open_competition, read_test_table, read_train_table,
+                   unlisted_test_images)
 from .io import CompError, read_json, write_csv, write_json
 from .labels import LabelMap, build_label_map
+from .runs import runs_root
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -43,15 +46,27 @@ class PrepareOptions:
 
 
 def folds_dir(workdir) -> Path:
-    return Path(workdir) / "folds"
+    """<workdir>/folds, with any switch a killed `comp prepare` began finished first (comp/staging.py)."""
+    out = Path(workdir) / "folds"
+    staging.finish_switch(out)
+    return out
 
 
-def assign_folds(labels, n_folds: int, seed: int) -> np.ndarray:
-    """Stratified, shuffled, seeded: the same input always gives the same folds."""
+def assign_folds(labels, n_folds: int, seed: int, groups=None) -> np.ndarray:
+    """Stratified, shuffled, seeded: the same input always gives the same folds.
+
+    `groups` (one key per row, e.g. a content hash): rows with one key land in one fold
+    (StratifiedGroupKFold), so exact duplicates never sit on both sides of a split and inflate
+    the out-of-fold score. Without repeated keys the folds are StratifiedKFold's, as before."""
     labels = np.asarray(labels)
     fold = np.full(len(labels), -1, dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    codes = pd.factorize(pd.Series(list(groups)))[0] if groups is not None else None
+    if codes is not None and len(np.unique(codes)) < len(codes):
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(labels)), labels, codes)
+    else:
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    for k, (_, held_out) in enumerate(splits):
         fold[held_out] = k
     return fold
 
@@ -81,8 +96,15 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     started = time.time()
     if opts.folds < 2:
         raise CompError(f"--folds {opts.folds}: need at least 2 folds")
+    if opts.size is not None and opts.size < 1:
+        raise CompError(f"--size {opts.size}: need a side length in pixels (e.g. 32), or leave it out "
+                        f"for the most common size")
     workdir = Path(opts.workdir).resolve()
-    out = folds_dir(workdir)
+    out = folds_dir(workdir)  # also finishes a switch a killed prepare began
+    removed = staging.remove_stale(out, out / "cache", workdir / "data")
+    if removed:
+        print(f"removed {len(removed)} staging file(s)/folder(s) left by killed prepares")
+    _warn_split_change(out, opts)
     root = open_competition(opts.data, workdir)
     layout = detect_layout(root, overrides)
     print(layout.describe())
@@ -99,66 +121,95 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
     size = opts.size or cache_mod.choose_size(train["size"])
-    # Caches are built under staging names and renamed only once everything has passed, so a
-    # failed or killed prepare leaves the previous preparation whole.
-    final = {split: out / "cache" / f"{split}_{size}.npy" for split in ("train", "test")} if opts.cache else {}
-    staging = {split: path.with_name(f".staging-{os.getpid()}-{path.name}") for split, path in final.items()}
-    try:
-        train, train_hashes, test_hashes = _decode_all(train, test, layout, size, staging, opts, problems)
+    # Everything is written under a staging folder and switched in at the end (comp/staging.py),
+    # so a failed or killed prepare leaves the previous preparation whole.
+    with staging.Staging(out) as stage:
+        caches = {split: stage.path / "cache" / f"{split}_{size}.npy" for split in ("train", "test")} \
+            if opts.cache else {}
+        train, train_hashes, test_hashes = _decode_all(train, test, layout, size, caches, opts, problems)
         sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
         label_map = build_label_map(train.label, sample[layout.sub_label_col])
-        (out / "prepare.json").unlink(missing_ok=True)  # from here on the old preparation is being replaced
-        for split, path in staging.items():
-            os.replace(path, final[split])
-    finally:
-        for path in staging.values():
-            path.unlink(missing_ok=True)
-    train_cache, test_cache = final.get("train"), final.get("test")
-    train["fold"] = assign_folds(train.label, opts.folds, opts.seed)
+        train["fold"] = assign_folds(train.label, opts.folds, opts.seed, groups=train_hashes)
 
-    def rel(p):  # paths relative to the workdir keep folds/ portable with the data
-        if not p:
-            return ""
-        try:
-            return os.path.relpath(p, workdir)
-        except ValueError:  # Windows: another drive has no relative path
-            return str(p)
+        def rel(p):  # paths relative to the workdir keep folds/ portable with the data
+            if not p:
+                return ""
+            try:
+                return os.path.relpath(p, workdir)
+            except ValueError:  # Windows: another drive has no relative path
+                return str(p)
 
-    folds_table = pd.DataFrame({"id": train.id, "path": train.path.map(rel), "label": train.label,
-                                "fold": train.fold, "source": train.source})
-    test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})
-    summary = _summary(opts, layout, train, test, label_map, problems, size,
-                       cache_mod.duplicate_report(train_hashes, list(train.label), test_hashes))
-    summary["image_size"] = size
-    summary["fingerprints"] = {"train_fingerprint": ids_fingerprint(folds_table.id),
-                               "test_fingerprint": ids_fingerprint(test_table.id)}
-    summary["cache"] = {"train": rel(train_cache), "test": rel(test_cache), "size": size} if opts.cache else None
-    summary["seconds"] = round(time.time() - started, 1)
-    # labels.json last but one and prepare.json last: train checks prepare.json exists.
-    write_csv(out / "folds.csv", folds_table)
-    write_csv(out / "test.csv", test_table)
-    write_csv(out / "sample_submission.csv", sample)  # blend and submit read this copy: folds/ stays portable
-    label_map.save(out / "labels.json")
-    write_json(out / "prepare.json", summary)
+        folds_table = pd.DataFrame({"id": train.id, "path": train.path.map(rel), "label": train.label,
+                                    "fold": train.fold, "source": train.source})
+        test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})
+        summary = _summary(opts, layout, train, test, label_map, problems, size,
+                           cache_mod.duplicate_report(train_hashes, list(train.label), test_hashes, list(train.id)))
+        summary["image_size"] = size
+        summary["fingerprints"] = {"train_fingerprint": ids_fingerprint(folds_table.id),
+                                   "test_fingerprint": ids_fingerprint(test_table.id)}
+        summary["cache"] = {"train": rel(out / "cache" / caches["train"].name),
+                            "test": rel(out / "cache" / caches["test"].name), "size": size} if opts.cache else None
+        summary["test_images_not_in_sample"] = unlisted_test_images(layout, test)
+        summary["runs_invalidated"] = _runs_invalidated(workdir, out, split_fingerprint(folds_table))
+        summary["seconds"] = round(time.time() - started, 1)
+        write_csv(stage.path / "folds.csv", folds_table)
+        write_csv(stage.path / "test.csv", test_table)
+        write_csv(stage.path / "sample_submission.csv", sample)  # blend and submit read this copy
+        label_map.save(stage.path / "labels.json")
+        write_json(stage.path / "prepare.json", summary)
+        stage.commit()
     print_summary(summary)
     return summary
 
 
-def _decode_all(train, test, layout, size, staging, opts, problems):
-    """Decode every image once (into the staging caches, or only to check it with --no-cache)."""
+def _warn_split_change(out: Path, opts: PrepareOptions) -> None:
+    """Early word, before the long decode, that another --seed/--folds makes a new split."""
+    try:
+        previous = read_json(out / "prepare.json")
+    except (OSError, ValueError):
+        return
+    if (previous.get("seed"), previous.get("folds")) != (opts.seed, opts.folds):
+        print(f"note: --seed {opts.seed} --folds {opts.folds} differ from the previous preparation's "
+              f"(--seed {previous.get('seed')} --folds {previous.get('folds')}): runs trained on its split "
+              f"will be unusable (counted before the switch; Ctrl-C now keeps everything as it is)")
+
+
+def _runs_invalidated(workdir: Path, out: Path, new_split: str) -> list[str]:
+    """Run folds usable on today's split that the new split makes unusable; said before the switch."""
+    if not (out / "folds.csv").exists():
+        return []
+    old_split = split_fingerprint(pd.read_csv(out / "folds.csv", dtype=str, keep_default_na=False))
+    if old_split == new_split:
+        return []
+    lost = []
+    for config in sorted(runs_root(workdir).glob("*/fold*/config.json")):
+        try:
+            if read_json(config).get("folds_fingerprint") == old_split:
+                lost.append(str(config.parent.relative_to(workdir)))
+        except (OSError, ValueError):
+            continue
+    if lost:
+        print(f"warning: the new fold split makes {len(lost)} trained run fold(s) unusable (their out-of-fold "
+              f"rows would include training rows): {', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}; "
+              f"retrain them, or prepare again with the previous --seed/--folds")
+    return lost
+
+
+def _decode_all(train, test, layout, size, caches, opts, problems):
+    """Decode every image once (into the staged caches, or only to check it with --no-cache)."""
     verb = "caching" if opts.cache else "checking"
-    bad, train_hashes = cache_mod.build_cache(list(train.path), size, staging.get("train"), f"{verb} train")
+    bad, train_hashes = cache_mod.build_cache(list(train.path), size, caches.get("train"), f"{verb} train")
     if bad:
         decode_problems = cache_mod.problems_from_rows(bad, train)
         if not opts.skip_bad:
             _raise_problems(decode_problems)
         problems += decode_problems
         keep = np.setdiff1d(np.arange(len(train)), [row for row, _ in bad])
-        if staging:
-            _compact_cache(staging["train"], keep)
+        if caches:
+            _compact_cache(caches["train"], keep)
         train = train.iloc[keep].reset_index(drop=True)
         train_hashes = [train_hashes[i] for i in keep]
-    bad, test_hashes = cache_mod.build_cache(list(test.path), size, staging.get("test"), f"{verb} test")
+    bad, test_hashes = cache_mod.build_cache(list(test.path), size, caches.get("test"), f"{verb} test")
     if bad:
         where = [f"{layout.sample_submission.name} row {i + 2}" for i in range(len(test))]
         _raise_problems(cache_mod.problems_from_rows(bad, test.assign(where=where), "test"), can_skip=False)
@@ -227,6 +278,8 @@ def _summary(opts, layout, train, test, label_map: LabelMap, problems, size, dup
         "images_per_class": {c: int(per_class.get(c, 0)) for c in label_map.classes},
         "sizes_seen": {f"{w}x{h}": n for (w, h), n in Counter(train["size"]).most_common(10)},
         "modes_seen": dict(Counter(train["mode"]).most_common()),
+        "scaled_to_8_bits": {m: cache_mod.DEEP_MODES[m] for m in set(train["mode"]) if m in cache_mod.DEEP_MODES},
+        "class_names_with_outer_spaces": [c for c in label_map.classes if c != c.strip()],
         "duplicates": duplicates,
         "dropped": [str(p) for p in problems],
         "folds": opts.folds,
@@ -248,7 +301,19 @@ def print_summary(summary: dict) -> None:
         print(f"cache: {size}x{size} uint8 -> {summary['cache']['train']}")
     else:
         print(f"cache: none (--no-cache); `comp train` reads the image files and resizes them to {size}x{size}")
-    print(f"duplicates: {summary['duplicates']}")
+    for mode, how in summary.get("scaled_to_8_bits", {}).items():
+        print(f"{mode} images scaled to 8 bits: {how}")
+    if summary.get("class_names_with_outer_spaces"):
+        print(f"note: class names with leading/trailing spaces, kept as written in the labels file: "
+              f"{summary['class_names_with_outer_spaces']}")
+    duplicates = {k: v for k, v in summary["duplicates"].items() if k != "conflicting_label_groups"}
+    print(f"duplicates: {duplicates}")
+    for group in summary["duplicates"].get("conflicting_label_groups", [])[:MAX_PROBLEMS_SHOWN]:
+        print(f"  identical images with different labels: {group}")
+    unlisted = summary.get("test_images_not_in_sample") or []
+    if unlisted:
+        print(f"note: {len(unlisted)} image(s) in the test folder are not in the sample submission and get no "
+              f"prediction, e.g. {', '.join(unlisted[:5])} (all listed in prepare.json)")
     if summary["dropped"]:
         print(f"dropped {len(summary['dropped'])} bad row(s)/class(es) (--skip-bad); see prepare.json")
     print(f"folds: {summary['folds']} (seed {summary['seed']}), label hash {summary['label_hash']}")
@@ -275,11 +340,18 @@ class Prepared:
         return int(self.info.get("image_size") or self.train_images.shape[1])
 
 
-def load_prepared(workdir) -> Prepared:
-    workdir = Path(workdir)
+def prepared_dir(workdir) -> Path:
+    """folds/ of a finished `comp prepare`, or the error that says to run it."""
     out = folds_dir(workdir)
     if not (out / "prepare.json").exists():
-        raise CompError(f"{out / 'prepare.json'} not found: run `comp prepare --data ...` in {workdir.resolve()}")
+        raise CompError(f"{out / 'prepare.json'} not found: run `comp prepare --data ...` in "
+                        f"{Path(workdir).resolve()} (or pass --workdir)")
+    return out
+
+
+def load_prepared(workdir) -> Prepared:
+    workdir = Path(workdir)
+    out = prepared_dir(workdir)
     info = read_json(out / "prepare.json")
     folds = pd.read_csv(out / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
     test = pd.read_csv(out / "test.csv", dtype={"id": str, "path": str}, keep_default_na=False)

@@ -34,7 +34,7 @@ import time
 
 from .folds import load_prepared
 from .io import CompError, read_json
-from .runs import fold_dir, is_complete
+from .runs import RunBusy, fold_dir, is_complete
 
 
 def parse_folds(spec: str, n_folds: int) -> list[int]:
@@ -93,10 +93,9 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
     cfg = TrainConfig(arch=arch, fold=fold, workdir=str(workdir), resume=True, **train_kwargs)
     try:
         metrics = train_fold(cfg, prepared)
+    except RunBusy:  # another process holds the run's lock
+        return {**row, "status": "skipped: busy"}
     except CompError as exc:
-        # our own lock is gone once train_fold returns, so a lock file now is another process's
-        if (path / "lock").exists():
-            return {**row, "status": "skipped: busy"}
         return {**row, "status": f"failed: {exc}"}
     except (ValueError, RuntimeError) as exc:  # a bad recipe for this model, out of memory ...
         return {**row, "status": f"failed: {type(exc).__name__}: {exc}"}

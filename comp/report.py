@@ -23,10 +23,10 @@ from sklearn.metrics import classification_report, confusion_matrix, precision_r
 
 from . import ensemble, plots
 from .blend import METHODS, Aligned, align, check_runs, current_split, run_scores, score_blend
-from .folds import folds_dir, ids_fingerprint
+from .folds import folds_dir, ids_fingerprint, prepared_dir
 from .io import CompError, write_csv, write_text
 from .labels import LabelMap
-from .runs import Run, find_runs, runs_root
+from .runs import Run, find_runs, run_label_use, runs_root
 
 # With default options (no --top, no --temperature) only these fit anything on OOF labels,
 # so only these need nested scoring, and nested scoring needs at least 2 folds.
@@ -48,7 +48,7 @@ def report(opts: ReportOptions) -> dict:
     workdir = Path(opts.workdir)
     methods = parse_methods(opts.methods)
     out = Path(opts.out) if opts.out else runs_root(workdir)
-    label_map = LabelMap.load(folds_dir(workdir) / "labels.json")
+    label_map = LabelMap.load(prepared_dir(workdir) / "labels.json")
     test_ids = _test_ids(workdir)
     runs = find_runs(workdir, opts.runs)
     check_runs(runs, label_map, current_split(workdir))
@@ -61,6 +61,10 @@ def report(opts: ReportOptions) -> dict:
     ranked = [by_name[name] for name in board.run]
     chosen = pick_run(ranked, opts.run)
 
+    flagged = board[board.oof_labels_used != ""]
+    if len(flagged):
+        notes.append("optimistic OOF scores (training used the held-out fold's labels; oof_labels_used): "
+                     + ", ".join(f"{r.run} ({r.oof_labels_used})" for r in flagged.itertuples()))
     group, left_out = common_rows_group(ranked)
     if left_out:
         notes.append(f"left out of the blend comparison (their OOF rows differ from {group[0].name}'s): "
@@ -127,7 +131,7 @@ def leaderboard(runs: list[Run], num_classes: int) -> pd.DataFrame:
                      **ensemble.score_probs(probs, y, num_classes),
                      "mean_best_epoch": float(np.mean([m.get("best_epoch", np.nan) for m in metrics])),
                      "train_seconds": float(sum(m.get("train_seconds", 0.0) for m in metrics)),
-                     "tta": "/".join(sorted(tta))})
+                     "tta": "/".join(sorted(tta)), "oof_labels_used": run_label_use(run)})
     board = pd.DataFrame(rows)
     # Rounded keys so float noise never decides a tie; then more OOF rows (more folds) ranks first.
     keys = board.assign(acc_key=board.accuracy.round(9), loss_key=board.log_loss.round(9))

@@ -34,6 +34,24 @@ def is_complete(path: Path) -> bool:
     return (path / "metrics.json").exists() and (path / "oof.npz").exists() and (path / "test.npz").exists()
 
 
+def process_gone(host: str, pid: int) -> bool:
+    """True only when the process is known to be gone: on this host, and os.kill(pid, 0) finds no such pid.
+    Another machine's process (a shared workdir), or any on Windows, counts as running."""
+    if host != socket.gethostname() or os.name == "nt":
+        return False  # os.kill(pid, 0) on Windows would signal the process
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+
+
+class RunBusy(CompError):
+    """The run folder is locked by a live process: `--fold all` and `comp grid` skip it and go on."""
+
+
 class RunLock:
     """One trainer per run folder, also across machines sharing a workdir.
 
@@ -56,7 +74,7 @@ class RunLock:
             except FileExistsError:
                 if not self._stale():
                     owner = self.path.read_text(errors="replace").strip()
-                    raise CompError(f"{self.path.parent} is being trained by another process ({owner}); "
+                    raise RunBusy(f"{self.path.parent} is being trained by another process ({owner}); "
                                     f"wait for it, or delete {self.path} if that process is gone")
                 self.path.unlink(missing_ok=True)
         raise CompError(f"could not lock {self.path}")
@@ -66,15 +84,7 @@ class RunLock:
             host, pid = self.path.read_text().split()
         except (OSError, ValueError):
             return True  # empty or unreadable: a writer died between create and write
-        if host != socket.gethostname() or os.name == "nt":
-            return False  # another machine's process, or Windows (os.kill(pid, 0) would signal it)
-        try:
-            os.kill(int(pid), 0)
-            return False
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+        return process_gone(host, int(pid))
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
@@ -90,6 +100,33 @@ def check_trained_on(config: dict, path, label_hash: str, split: str | None) -> 
         raise CompError(f"{path}: trained on another fold split than folds/folds.csv (prepared again with "
                         f"another --seed or --folds?), so its out-of-fold rows include rows it trained on; "
                         f"retrain it (or leave the run out with --runs)")
+
+
+OOF_LABEL_USES = {
+    "patience": "--patience chose the kept epoch on the held-out fold's labels",
+    "plateau": "--schedule plateau stepped the learning rate on the held-out fold's loss",
+    "tuned": "--params: hyperparameters chosen by `comp tune` on this fold's validation score",
+}
+
+
+def oof_label_use(config: dict) -> list[str]:
+    """How a fold's training looked at its own held-out labels (keys of OOF_LABEL_USES): its OOF
+    score is then optimistic. From config.json, so runs trained before the record existed get it too."""
+    uses = []
+    if config.get("patience"):
+        uses.append("patience")
+    if config.get("schedule") == "plateau":
+        uses.append("plateau")
+    tuned = config.get("tuned_on") or {}
+    if tuned and int(tuned.get("fold", -1)) == int(config.get("fold", -2)):
+        uses.append("tuned")
+    return uses
+
+
+def run_label_use(run) -> str:
+    """The OOF label uses of any of a run's folds, for leaderboards and blend lines ("" if none)."""
+    uses = {use for fold in run.folds for use in oof_label_use(fold.config)}
+    return ",".join(use for use in OOF_LABEL_USES if use in uses)
 
 
 @dataclass

@@ -6,11 +6,12 @@ the network), which neither `comp blend` nor a test should do.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 
-from .folds import sample_submission_path
+from .folds import prepared_dir, sample_submission_path
 from .io import CompError, read_json
 from .labels import LabelMap
 
@@ -61,10 +62,19 @@ def _read(path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise CompError(f"{path}: file not found")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+        if len(names) != 1:
+            raise CompError(f"{path}: a zip with {len(names)} files ({', '.join(names[:3])}"
+                            f"{' ...' if len(names) > 3 else ''}); Kaggle takes a zip of exactly one CSV")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CompError(f"{path}: not a readable CSV ({exc})") from exc
+    except pd.errors.EmptyDataError:
+        raise CompError(f"{path}: the file is empty; write it with `comp blend`") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        message = " ".join(str(exc).split())[:200]
+        raise CompError(f"{path}: not a readable CSV ({message})") from None
 
 
 def kaggle_command(csv_path: Path, blend_result: dict | None = None, competition: str = "<competition>") -> str:
@@ -88,8 +98,9 @@ def has_credentials(environ=os.environ, home: Path | None = None) -> bool:
 
 def submit(csv_path, competition: str, message: str | None = None, dry_run: bool = False, workdir=".") -> None:
     csv_path, workdir = Path(csv_path), Path(workdir)
-    prepare_info = read_json(workdir / "folds" / "prepare.json")
-    label_map = LabelMap.load(workdir / "folds" / "labels.json")
+    folds = prepared_dir(workdir)  # the label set and the sample come from the preparation
+    prepare_info = read_json(folds / "prepare.json")
+    label_map = LabelMap.load(folds / "labels.json")
     validate_submission(csv_path, sample_submission_path(workdir), label_map)
     blend_info = csv_path.with_suffix(".json")
     message = message or default_message(read_json(blend_info)["blend"] if blend_info.exists() else None)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import combine_views, parse_aug, pixel_params
+from .cpu_share import share_cpu
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
@@ -43,7 +44,7 @@ from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .recipe import RECIPE_FIELDS, DataShape, Plan, format_seconds, plan
-from .runs import RunLock, fold_dir, is_complete
+from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use
 
 # Views of the per-view logits kept in oof.npz/test.npz while they stay below this many floats.
 MAX_VIEW_FLOATS = 50_000_000
@@ -67,6 +68,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     val_every: int | None = None  # validate every N epochs (0: only at the end); None: the planner's
     model_kwargs: dict = field(default_factory=dict)
+    tuned_on: dict | None = None  # --params: the comp tune study (and its fold) the recipe came from
     budget: float | None = None  # seconds for this fold (or, before train() splits it, for all folds)
     budget_started: float | None = None  # time.monotonic() when the budget began (None: at train())
     plan: dict = field(default_factory=dict)  # resolved: each recipe value's reason
@@ -118,6 +120,10 @@ class TrainConfig:
         if not isinstance(values["val_every"], int) or values["val_every"] < 0:
             raise CompError(f"--val-every {values['val_every']}: need 0 (only after the last epoch) "
                             f"or a whole number of epochs")
+        if not isinstance(values["patience"], int) or values["patience"] < 0:
+            raise CompError(f"--patience {values['patience']}: need 0 (off) or a whole number of epochs")
+        if not values["grad_clip"] >= 0:
+            raise CompError(f"--grad-clip {values['grad_clip']}: need 0 (off) or a positive norm")
         if values["workers"] < 0:
             raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)
@@ -180,7 +186,7 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
             ctx.print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
         else:
             todo.append(k)
-    results = []
+    results, busy = [], []
     for i, k in enumerate(todo):  # a budget for all folds: each fold gets an equal share of what is left
         fold_cfg = replace(cfg, fold=k)
         if cfg.budget:
@@ -189,7 +195,13 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
                 raise CompError(f"--budget {format_seconds(cfg.budget)} is used up before fold {k}: "
                                 f"`comp train --fold all --budget ...` again trains the folds still missing")
             fold_cfg = replace(fold_cfg, budget=budget, budget_started=time.monotonic())
-        results.append(train_fold(fold_cfg, prepared))
+        try:
+            results.append(train_fold(fold_cfg, prepared))
+        except RunBusy as exc:  # another process trains this fold: leave it to it, go on
+            ctx.print(f"fold {k}: busy, skipping it: {exc}")
+            busy.append(k)
+    if busy:
+        ctx.print(f"skipped busy fold(s) {', '.join(map(str, busy))}: another process is training them")
     return results
 
 
@@ -231,11 +243,12 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
 
 
 def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
+    # the lock first: a fold another process is training is busy (RunBusy), not "unfinished"
+    lock.enter_context(RunLock(out))
     if is_complete(out) and not cfg.force:
         raise CompError(f"{out} is already complete; pass --force to train it again")
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
-    lock.enter_context(RunLock(out))
     resuming = cfg.resume and (out / "checkpoint.pt").exists()
     if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
         for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
@@ -316,6 +329,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                    disable=None if ctx.is_main else True)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, target in bar:
+            share_cpu(device)  # several trainings on one CPU: threads = cores // trainings
             multiplier = lr_multiplier(cfg.schedule, state["step"], state["total_steps"]) * plateau.multiplier
             set_lr(optimizer, multiplier)
             with autocast(device, precision):
@@ -422,6 +436,7 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
         _log_epoch(last, writer, echo=False)
     metrics.update(tta=cfg.tta, accuracy_no_tta=plain["accuracy"], best_epoch=state["best_epoch"],
                    weights_epoch=state["weights_epoch"], epoch_chosen_on_oof_labels=bool(cfg.patience),
+                   used_oof_labels={use: OOF_LABEL_USES[use] for use in oof_label_use(config)},
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
                    n_oof=int(len(y_val)), n_test=int(len(test_logits)), budget=cfg.budget,

@@ -337,4 +337,6 @@ def tuned_fields(workdir, arch: str, params: str = "best", study: str | None = N
         raise CompError(f"{path} was tuned for --arch {best.get('arch')}, not {arch}; "
                         f"pass --arch {best.get('arch')} or tune {arch}")
     print(f"params from {path} (trial {best.get('trial')}, val accuracy {best.get('value')}): {best['params']}")
-    return params_to_fields(arch, best["params"])
+    # the study's fold: retraining that fold with these params scores it on labels the choice saw
+    tuned_on = {"study": best.get("study"), "fold": best.get("fold", 0), "file": str(path)}
+    return {**params_to_fields(arch, best["params"]), "tuned_on": tuned_on}

@@ -16,6 +16,9 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Results must not depend on other trainings running on the machine (comp/cpu_share.py would
+# change the thread count, and with it float rounding); test_faults.py tests the sharing itself.
+os.environ.setdefault("COMP_CPU_SHARE", "0")
 torch.set_num_threads(2)
 
 
