@@ -172,28 +172,33 @@ def _add_train_args(p):
     g.add_argument("--epochs", type=float, help="epochs, fractional allowed")
     g.add_argument("--batch-size", type=int, help="GLOBAL batch: under torchrun with N processes each "
                    "trains on batch-size // N images per step")
-    g.add_argument("--lr", type=float)
+    g.add_argument("--lr", type=float, help="learning rate (Muon: of the head and biases) for a mean loss at "
+                   "the planned batch")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "muon"],
                    help="muon: Muon for the conv filters, SGD for the rest (airbench94_muon)")
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--momentum", type=float, help="SGD momentum (Nesterov); Muon: of the head and biases")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default per optimizer: sgd/muon 5e-4, "
+                   "adam 0, adamw 0.05, unless the recipe sets it)")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing of the cross-entropy (0: none)")
     g.add_argument("--muon-lr", type=float, help="--optimizer muon: lr of the conv filters (0.24 at batch 2000, "
                    "rescaled with the batch)")
     g.add_argument("--muon-momentum", type=float, help="--optimizer muon: momentum of the conv filters (default 0.6)")
-    g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "linear", "plateau", "constant"])
+    g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "linear", "plateau", "constant"],
+                   help="lr schedule over the run (plateau: ReduceLROnPlateau on the held-out loss)")
     g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
     g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
     g.add_argument("--aug", help="e.g. flip,translate:2,cutout:8 ('none' for no augmentation)")
-    g.add_argument("--tta", choices=["none", "flip", "flip+shift"])
+    g.add_argument("--tta", choices=["none", "flip", "flip+shift"], help="test-time augmentation views "
+                   "(flip+shift: airbench's 6 views); every view's logits are kept")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
     p.add_argument("--val-every", type=int, help="validate every N epochs (0: never during training; the final "
                    "prediction scores the fold); default 1 with --patience or --schedule plateau, else 0; "
                    "--patience counts validations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batch order and augmentation")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 autocast on CUDA and on CPUs with bf16 support, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun (DDP, CUDA): SyncBatchNorm")
     p.add_argument("--loader", default="auto", choices=["auto", "cache", "albu"],
@@ -292,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "format, with a checksum manifest. The blend is fit exactly as `comp blend` fits it.")
     p.add_argument("name", help="bundle name (default folder: <workdir>/bundles/<name>)")
     p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
-    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"])
+    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"],
+                   help=BLEND_HELP + " (default soft)")
     p.add_argument("--top", help="as in comp blend")
     p.add_argument("--temperature", action="store_true", help="as in comp blend")
     p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"], help="for --method select")
@@ -319,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "list them (default: an error)")
     p.add_argument("--logits", metavar="NPZ", help="also write ids, each run's logits (before the blend) and the "
                                                   "probabilities to this .npz")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=1024, help="images a forward pass (default 1024)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 where the machine has it")
