@@ -34,37 +34,26 @@ def child(args) -> None:
     if "passive" in args.config:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch  # after the policy: OpenMP reads it when torch loads
-    import torch.nn.functional as F
 
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_throughput import train_step
+
+    from comp.cpu_share import share_cpu
     from comp.feed import Images
     from comp.folds import load_prepared
-    from comp.models import create_model, model_info
-    from comp.optim import build_optimizer
-    from comp.cpu_share import share_cpu
-    from comp.train import BASE_RECIPE, autocast, pick_device, pick_precision
+    from comp.recipe import plan
+    from comp.train import data_shape, pick_device, pick_precision
 
     prepared = load_prepared(args.workdir)
     device = pick_device("cpu")
     precision = pick_precision("auto", device)
-    recipe = {**BASE_RECIPE, **model_info(args.arch)["recipe"]}
+    recipe = plan(data_shape(prepared, 0), {}, args.arch).values
     images = Images(prepared.train_images[: 4 * args.batch], device)
     x = images.batch(slice(None))
     y = torch.from_numpy(prepared.label_map.encode(list(prepared.folds.label[: 4 * args.batch])))
-    model = create_model(args.arch, num_classes=prepared.label_map.num_classes, img_size=x.shape[-1])
-    model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, recipe["optimizer"], recipe["lr"], recipe["weight_decay"] or 5e-4,
-                          recipe["momentum"], recipe["bias_lr_scale"], recipe["muon_lr"])
-
-    def step():
-        share_cpu(device)
-        idx = torch.randint(0, len(x), (args.batch,))
-        with autocast(device, precision):
-            out = model(x[idx])
-        loss = F.cross_entropy(out.float(), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = train_step(args.arch, x, y, prepared.label_map.num_classes, args.batch, device, precision, recipe,
+                      before_step=lambda: share_cpu(device))
 
     step()  # warm-up
     print("ready", flush=True)

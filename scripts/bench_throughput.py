@@ -37,14 +37,18 @@ from comp.train import TrainConfig, autocast, data_shape, pick_device, pick_prec
 E_IMAGES = 40_000  # E: one bare-loop fastnet epoch over this many 32px images
 
 
-def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision, recipe) -> float:
-    """Images/s of plain training steps; `recipe` is a planned recipe (plan(...).values)."""
+def train_step(arch, images, labels, num_classes, batch, device, precision, recipe, before_step=None):
+    """A plain training step on `batch` random rows of preloaded images (`recipe`: a planned recipe,
+    plan(...).values); before_step() is called first (bench_concurrent: comp.cpu_share)."""
     model = create_model(arch, num_classes=num_classes, img_size=images.shape[-1],
                          **recipe.get("model_kwargs", {})).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe["optimizer"], recipe["lr"], recipe["weight_decay"], recipe["momentum"],
                           recipe["bias_lr_scale"], recipe["muon_lr"], recipe["muon_momentum"])
-    def step(i):
+
+    def step():
+        if before_step:
+            before_step()
         idx = torch.randint(0, len(images), (batch,), device=device)
         with autocast(device, precision):
             out = model(images[idx])
@@ -52,12 +56,18 @@ def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    step(0)  # warm-up, as comp's first step also pays it (counted there: conservative)
+    return step
+
+
+def bare_loop(arch, images, labels, num_classes, batch, steps, device, precision, recipe) -> float:
+    """Images/s of plain training steps."""
+    step = train_step(arch, images, labels, num_classes, batch, device, precision, recipe)
+    step()  # warm-up, as comp's first step also pays it (counted there: conservative)
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.time()
-    for i in range(steps):
-        step(i)
+    for _ in range(steps):
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.time() - started)
