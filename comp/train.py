@@ -207,20 +207,21 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
 
 def show_plan(cfg: TrainConfig) -> TrainConfig:
     """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all), nothing trained."""
-    prepared = load_prepared(cfg.workdir)
-    fold = max(cfg.fold, 0)
-    shape = data_shape(prepared, fold)
-    resolved = cfg.resolved(shape.n_train, shape.image_size, prepared.has_cache, shape.num_classes)
-    print(_plan_header(resolved, shape))
-    print(resolved.plan_table())
+    resolved, table = _resolve_for_fold(cfg, load_prepared(cfg.workdir), max(cfg.fold, 0))
+    print(table)
     return resolved
 
 
-def _plan_header(cfg: TrainConfig, shape: DataShape) -> str:
-    budget = f", budget {format_seconds(cfg.budget)}" if cfg.budget else ""
-    return (f"plan for {cfg.name} fold {cfg.fold}: {shape.n_train} training images of {shape.image_size}px, "
-            f"{shape.num_classes} classes ({shape.per_class:.0f} per class), "
-            f"{max(1, shape.n_train // cfg.batch_size)} steps an epoch{budget}")
+def _resolve_for_fold(cfg: TrainConfig, prepared: Prepared, fold: int) -> tuple[TrainConfig, str]:
+    """The config planned for the fold's data, and the plan table that shows it."""
+    shape = data_shape(prepared, fold)
+    resolved = replace(cfg, fold=fold).resolved(shape.n_train, shape.image_size, prepared.has_cache,
+                                                shape.num_classes)
+    budget = f", budget {format_seconds(resolved.budget)}" if resolved.budget else ""
+    header = (f"plan for {resolved.name} fold {fold}: {shape.n_train} training images of {shape.image_size}px, "
+              f"{shape.num_classes} classes ({shape.per_class:.0f} per class), "
+              f"{max(1, shape.n_train // resolved.batch_size)} steps an epoch{budget}")
+    return resolved, header + "\n" + resolved.plan_table()
 
 
 def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
@@ -231,9 +232,8 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     if cfg.budget and cfg.budget_started is None:
         cfg = replace(cfg, budget_started=time.monotonic())
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
-    shape = data_shape(prepared, cfg.fold)
-    cfg = cfg.resolved(shape.n_train, shape.image_size, prepared.has_cache, shape.num_classes)
-    ctx.print(_plan_header(cfg, shape) + "\n" + cfg.plan_table())
+    cfg, table = _resolve_for_fold(cfg, prepared, cfg.fold)
+    ctx.print(table)
     out = fold_dir(cfg.workdir, cfg.name, cfg.fold)
     if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
         raise CompError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
