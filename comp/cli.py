@@ -379,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    code = _run(args)
+    if "comp.distributed" in sys.modules:  # under torchrun: end every rank together (see exit_process)
+        return sys.modules["comp.distributed"].exit_process(code)
+    return code
+
+
+def _run(args) -> int:
     debug = args.debug or os.environ.get("COMP_DEBUG", "") not in ("", "0")
     try:
         args.func(args)

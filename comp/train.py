@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import __version__
 from .augment import combine_views, parse_aug, pixel_params
 from .cpu_share import share_cpu
-from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, cleanup, init_from_env,
+from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, init_from_env,
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
@@ -161,14 +161,12 @@ def scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
 
 def train(cfg: TrainConfig) -> list[dict]:
     """`--fold all` trains the folds one after another; finished folds are skipped.
-    Under torchrun the process group is created here once, for every fold, and destroyed at the end."""
+    Under torchrun the process group is created here once, for every fold; the command's end
+    destroys it with every rank at a barrier (distributed.exit_process), never one rank alone."""
     ctx = init_from_env(cfg.device)
     if cfg.budget and cfg.budget_started is None:
         cfg = replace(cfg, budget_started=time.monotonic())
-    try:
-        return _train_folds(cfg, ctx)
-    finally:
-        cleanup()
+    return _train_folds(cfg, ctx)
 
 
 def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
