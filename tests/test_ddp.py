@@ -13,8 +13,8 @@ import pytest
 import torch.distributed as dist
 from conftest import make_competition
 
-from comp.distributed import (all_reduce_mean, all_reduce_sum, broadcast_object, init_from_env, local_batch_size,
-                              run_on_main, shard)
+from comp.distributed import (all_reduce_mean, all_reduce_sum, broadcast_object, exit_process, init_from_env,
+                              local_batch_size, run_on_main, shard)
 from comp.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError
 
@@ -41,6 +41,7 @@ def test_single_process_has_no_process_group(monkeypatch):
     assert not init_from_env("cpu").enabled and not dist.is_initialized()
     # the helpers are no-ops on one process; run_on_main raises the error itself
     assert broadcast_object({"a": 1}) == {"a": 1} and run_on_main(lambda x: x + 1, 1) == 2
+    assert exit_process(3) == 3  # no group of ours: the command's code is returned, the process lives on
     with pytest.raises(CompError, match="boom"):
         run_on_main(lambda: (_ for _ in ()).throw(CompError("boom")))
     import torch
