@@ -13,8 +13,8 @@ What the planner derives from the data (`DataShape`: image size, training images
   lr          rescaled to the batch from the recipe's: linear for SGD and Muon's head/biases
               (their lr is for a mean loss), sqrt for Adam/AdamW and for Muon's filters
   aug         the recipe's shift scaled to the image (translate:2 at 32px is 4 at 64px); nothing
-              added for scarce data: on 120 images a class (tiny100, 12E) cutout, cutmix, zoom and
-              the wider fastnet_l_s2d each scored below the plain recipe (BENCHMARKS.md, issue 9)
+              added for scarce data: on 120 images a class (tiny100, 12E) none of cutout, cutmix,
+              zoom or the wider fastnet_l_s2d scored above the plain recipe (BENCHMARKS.md, issue 9)
   val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
   epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py)
   tta         the recipe's; with --budget the widest whose measured cost fits a fifth of it (comp/budget.py)
