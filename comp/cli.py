@@ -158,6 +158,20 @@ def _grid(args):
          **recipe)
 
 
+# Option texts and choices several subcommands share.
+TTA_CHOICES = ["none", "flip", "flip+shift"]
+BLEND_CHOICES = ["soft", "logit", "hard", "rank", "select", "stack"]
+PRECISION_CHOICES = ["auto", "bf16", "fp32"]
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1 ..."
+DEBUG_HELP = "show the traceback of an error (or COMP_DEBUG=1)"
+PRECISION_HELP = "auto: bf16 autocast on CUDA and on CPUs with bf16 support, else fp32"
+WORKDIR_HELP = "folder holding folds/, runs/, submissions/ (default .)"
+BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logits; hard: majority vote; "
+              "rank: average each class's rank; select: Caruana selection (greedy, with repeats) of the runs "
+              "that improve --metric; stack: logistic regression on the runs' OOF logits "
+              "(select and stack learn from labels and are scored nested)")
+
+
 def _add_train_args(p):
     p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>; default: planned from the "
                                   "image size (fastnet, or fastnet_s2d above 48px)")
@@ -188,7 +202,7 @@ def _add_train_args(p):
     g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
     g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
     g.add_argument("--aug", help="e.g. flip,translate:2,cutout:8 ('none' for no augmentation)")
-    g.add_argument("--tta", choices=["none", "flip", "flip+shift"], help="test-time augmentation views "
+    g.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation views "
                    "(flip+shift: airbench's 6 views); every view's logits are kept")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm (0: off)")
@@ -196,9 +210,8 @@ def _add_train_args(p):
                    "prediction scores the fold); default 1 with --patience or --schedule plateau, else 0; "
                    "--patience counts validations")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, batch order and augmentation")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 autocast on CUDA and on CPUs with bf16 support, else fp32")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun (DDP, CUDA): SyncBatchNorm")
     p.add_argument("--loader", default="auto", choices=["auto", "cache", "albu"],
@@ -215,24 +228,15 @@ def _add_train_args(p):
     p.add_argument("--params-from", metavar="STUDY", help="the tune study --params best reads (implies it)")
 
 
-PRECISION_HELP = "auto: bf16 autocast on CUDA and on CPUs with bf16 support, else fp32"
-WORKDIR_HELP = "folder holding folds/, runs/, submissions/ (default .)"
-BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logits; hard: majority vote; "
-              "rank: average each class's rank; select: Caruana selection (greedy, with repeats) of the runs "
-              "that improve --metric; stack: logistic regression on the runs' OOF logits "
-              "(select and stack learn from labels and are scored nested)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comp", description="Kaggle image classification: prepare, train, blend, submit.")
     parser.add_argument("--workdir", default=".", help=WORKDIR_HELP)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or COMP_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     # --workdir and --debug are accepted after the sub-command too (comp prepare --data X --workdir D).
     workdir = argparse.ArgumentParser(add_help=False)
     workdir.add_argument("--workdir", default=argparse.SUPPRESS, help=WORKDIR_HELP)
-    workdir.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                         help="show the traceback of an error (or COMP_DEBUG=1)")
+    workdir.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
     p = sub.add_parser("prepare", parents=[workdir], help="merge train+val, stratified folds, label map, image cache")
     p.add_argument("--data", required=True, help="competition zip or extracted folder")
@@ -259,16 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[workdir], help="re-predict a finished run with another TTA")
     p.add_argument("--run", required=True, help="run name under runs/")
-    p.add_argument("--tta", required=True, choices=["none", "flip", "flip+shift"],
+    p.add_argument("--tta", required=True, choices=TTA_CHOICES,
                    help="test-time augmentation of the new predictions: none, flip (2 views), flip+shift (6 views)")
     p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
     p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
     p.add_argument("--force", action="store_true", help="overwrite a complete re-predicted run")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("blend", parents=[workdir], help="combine runs and write submissions/<name>.csv")
-    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"],
+    p.add_argument("--method", default="soft", choices=BLEND_CHOICES,
                    help=BLEND_HELP + " (default soft)")
     p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
     p.add_argument("--name", help="submission name (default: <method>_<n>runs)")
@@ -297,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "format, with a checksum manifest. The blend is fit exactly as `comp blend` fits it.")
     p.add_argument("name", help="bundle name (default folder: <workdir>/bundles/<name>)")
     p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
-    p.add_argument("--method", default="soft", choices=["soft", "logit", "hard", "rank", "select", "stack"],
+    p.add_argument("--method", default="soft", choices=BLEND_CHOICES,
                    help=BLEND_HELP + " (default soft)")
     p.add_argument("--top", help="as in comp blend")
     p.add_argument("--temperature", action="store_true", help="as in comp blend")
@@ -326,9 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits", metavar="NPZ", help="also write ids, each run's logits (before the blend) and the "
                                                   "probabilities to this .npz")
     p.add_argument("--batch-size", type=int, default=1024, help="images a forward pass (default 1024)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 where the machine has it")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     p.set_defaults(func=_infer)
 
     p = sub.add_parser("download", parents=[workdir], help="download a competition's zip with the Kaggle API")
@@ -358,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="fix the epochs instead of searching them")
     p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler (default: differs per worker)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every trial")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help=PRECISION_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("grid", parents=[workdir], help="train every (arch, fold) in turn, skipping done/busy runs")
@@ -368,11 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="epochs of every run (default: each architecture's recipe)")
     p.add_argument("--batch-size", type=int, help="batch of every run (default: each architecture's recipe)")
     p.add_argument("--aug", help="augmentation of every run, e.g. flip,translate:2 (default: the recipe's)")
-    p.add_argument("--tta", choices=["none", "flip", "flip+shift"], help="test-time augmentation (default: the recipe's)")
+    p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation (default: the recipe's)")
     p.add_argument("--patience", type=int, help="early-stopping patience (0: off; default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help=PRECISION_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     p.set_defaults(func=_grid)
     return parser
 
