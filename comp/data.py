@@ -267,7 +267,5 @@ def read_test_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
 def unlisted_test_images(layout: Layout, test: pd.DataFrame) -> list[str]:
     """Images in the test folder that the sample submission does not list: they get no prediction."""
     listed = {Path(p).name for p in test.path if p}
-    ext = layout.ext if (layout.ext is None or layout.ext.startswith(".")) else "." + layout.ext
-    return sorted(p.name for p in layout.test_dir.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTS and (ext is None or p.suffix.lower() == ext.lower())
-                  and p.name not in listed)
+    found = ImageIndex(layout.test_dir, layout.ext).by_name  # the files read_test_table could match
+    return sorted(name for name in found if name not in listed)
