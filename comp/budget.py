@@ -127,3 +127,50 @@ def inference_seconds(model, x, device, precision) -> float:
                 torch.cuda.synchronize(device)
     model.train()
     return (time.monotonic() - started) / len(x)
+
+
+def ladder_arch(shape, budget: float, batch: int, device, precision) -> tuple[str, dict, str]:
+    """(arch, model_kwargs, reason) for --budget without --arch: time a few training steps of the
+    data's default net here, then let the planner climb its ladder (recipe.budget_arch)."""
+    from .models import count_macs, create_model
+    from .recipe import arch_ladder, budget_arch
+
+    names, kwargs = arch_ladder(shape)
+    nets = {name: create_model(name, num_classes=shape.num_classes, img_size=shape.image_size, **kwargs)
+            for name in names}
+    macs = {name: count_macs(net, 3, shape.image_size) for name, net in nets.items()}
+    # A CPU's speed per image barely depends on the batch (BENCHMARKS.md: 472 img/s at 1024, 415 at
+    # 2000), so a small probe spends less of a short budget; a GPU needs the real batch to be busy.
+    probe = batch if device.type == "cuda" else min(batch, 256)
+    seconds = train_seconds_per_image(nets[names[0]], shape.image_size, shape.num_classes, probe, device, precision)
+    arch, why = budget_arch(shape, budget, seconds, {name: macs[name] / macs[names[0]] for name in names})
+    return arch, kwargs, why
+
+
+def train_seconds_per_image(model, image_size: int, num_classes: int, batch: int, device, precision,
+                            min_seconds: float = 0.3) -> float:
+    """Seconds per image of a training step (forward and backward on random images), timed over
+    at least 2 steps and min_seconds after a first step that pays warm-up."""
+    import torch
+    import torch.nn.functional as F
+
+    from .feed import autocast
+
+    model = model.to(device).to(memory_format=torch.channels_last).train()
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+
+    def step():
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    started, steps = time.monotonic(), 0
+    while steps < 2 or time.monotonic() - started < min_seconds:
+        step()
+        steps += 1
+    return (time.monotonic() - started) / (steps * batch)

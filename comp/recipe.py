@@ -7,7 +7,9 @@ from the data, updated by the command line. `plan()` does that merge, once, for 
 
 What the planner derives from the data (`DataShape`: image size, training images, classes):
   arch        fastnet (airbench94's net) up to 48px; above, fastnet_s2d, which folds f x f pixel
-              blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at about 32px cost
+              blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at about 32px cost;
+              with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
+              whose recipe epochs fit at the speed timed on this machine (budget_arch)
   batch       the recipe's, but at most one 40th of the training images (at least 16): a short
               schedule needs steps, and 12,000 images at batch 2000 give 6 an epoch
   lr          rescaled to the batch from the recipe's: linear for SGD and Muon's head/biases
@@ -82,14 +84,15 @@ def fastnet_muon_recipe(batch_size: int = 2000, epochs: float = 8, width: int = 
                 label_smoothing=0.2, schedule="linear", ema=False, aug="altflip,translate:2", tta="flip+shift")
 
 
-def fastnet_sgd_recipe(lr_hyp: float, epochs: float) -> dict:
-    """airbench94/95's SGD recipe. bias_lr_scale 64 is airbench's bias_scaler; "triangle" is its
+def fastnet_sgd_recipe(lr_hyp: float, epochs: float, wd_hyp: float = 0.0153,
+                       aug: str = "flip,translate:2") -> dict:
+    """airbench94/95/96's SGD recipe. bias_lr_scale 64 is airbench's bias_scaler; "triangle" is its
     schedule (0.2 -> 1.0 at 23% of steps -> 0.07); lr assumes batch 1024 (the planner rescales it)."""
-    lr, weight_decay = airbench_lr_wd(lr_hyp)
+    lr, weight_decay = airbench_lr_wd(lr_hyp, wd_hyp)
     return dict(optimizer="sgd", batch_size=1024, epochs=epochs, lr=round(lr, 6),
                 momentum=KILOSTEP_MOMENTUM, weight_decay=round(weight_decay, 8),
                 bias_lr_scale=64.0, label_smoothing=0.2, schedule="triangle", ema=True,
-                aug="flip,translate:2", tta="flip+shift")
+                aug=aug, tta="flip+shift")
 
 
 # airbench94 (lr 1.5, weight_decay 1.33e-3 at batch 1024, 9.9 epochs): `--optimizer sgd ...`.
@@ -100,6 +103,8 @@ FASTNET_RECIPE = fastnet_muon_recipe()
 FASTNET_L_MUON_RECIPE = fastnet_muon_recipe(width=384)
 # airbench95: widths 128/384/384, lr_hyp 11.5 * 0.87 = 10.0 (lr 1.3043, wd 1.53e-3), 15 epochs.
 FASTNET_L_RECIPE = fastnet_sgd_recipe(lr_hyp=10.0, epochs=15)
+# airbench96: widths 128/384/512, three convs a group, lr_hyp 9.0, wd_hyp 0.012, 45 epochs, cutout 12.
+FASTNET_XL_RECIPE = fastnet_sgd_recipe(lr_hyp=9.0, epochs=45, wd_hyp=0.012, aug="flip,translate:4,cutout:12")
 
 
 def arch_recipe(arch: str) -> dict:
@@ -153,6 +158,43 @@ def default_arch(shape: DataShape) -> tuple[str, dict, str]:
             f"{shape.image_size // fold}px cost")
 
 
+# With --budget and no --arch the planner climbs this ladder (airbench94's net, then 95's, then
+# 96's) while the next net's own recipe epochs fit in TRAIN_SHARE of the budget at the speed
+# measured on this machine: a bigger net only pays once it can be trained as long as its recipe
+# says (on tiny100 at 12E the 128/384/384 net fitted 13 epochs and scored below fastnet's 30).
+ARCH_LADDER = ("fastnet", "fastnet_l", "fastnet_xl")
+TRAIN_SHARE = 0.75  # of a budget; the rest: prediction and TTA (up to a fifth), start-up, safety
+
+
+def arch_ladder(shape: DataShape) -> tuple[tuple[str, ...], dict]:
+    """The nets budget_arch chooses from for this data (the data's default net first) and the
+    model kwargs they share (the s2d fold for 64px and up)."""
+    base, kwargs, _ = default_arch(shape)
+    return (base,) + ARCH_LADDER[1:], kwargs
+
+
+def budget_arch(shape: DataShape, budget: float, seconds_per_image: float,
+                relative_cost: dict[str, float]) -> tuple[str, str]:
+    """(arch, reason): the last net of the ladder whose recipe epochs fit the budget.
+
+    seconds_per_image: one training step's time per image of the ladder's first net (or the
+    data's default arch), measured here; relative_cost: each ladder net's multiply-adds per image
+    over the first's (so the others need not be timed: on a CPU that would cost a real share of
+    a short budget)."""
+    train_seconds = TRAIN_SHARE * budget
+    base = next(iter(relative_cost))
+    chosen, why = base, ""
+    for arch, cost in relative_cost.items():
+        rate = 1 / (seconds_per_image * cost)
+        fits, needs = train_seconds * rate / shape.n_train, arch_recipe(arch)["epochs"]
+        if arch != base and fits < needs:
+            return chosen, f"{why}; {arch} would fit {fits:.1f} of its recipe's {needs:g} epochs"
+        chosen = arch
+        why = f"{fits:.0f} epochs fit in {TRAIN_SHARE:.0%} of the budget at {rate:.0f} img/s"
+        why += " (measured here)" if arch == base else f" ({cost:.1f}x {base}'s multiply-adds)"
+    return chosen, why
+
+
 def planned_batch(recipe_batch: int, n_train: int) -> int:
     """The recipe's batch, capped so an epoch has MIN_STEPS_PER_EPOCH steps (a multiple of 8)."""
     cap = max(MIN_BATCH, (n_train // MIN_STEPS_PER_EPOCH) // 8 * 8)
@@ -170,20 +212,20 @@ def rescaled_lrs(recipe: dict, batch: int) -> dict:
 
 
 def scaled_aug(aug: str | None, image_size: int) -> str | None:
-    """A recipe's aug written for 32px images with its shift scaled to `image_size`."""
+    """A recipe's aug written for 32px images with its shifts and cutout scaled to `image_size`."""
     if not aug:
         return aug
     out = []
     for op in aug.split(","):
         name, _, value = op.partition(":")
-        if name in ("translate", "translate_wrap", "crop") and value:
+        if name in ("translate", "translate_wrap", "crop", "cutout") and value:
             value = str(max(1, round(int(value) * image_size / REFERENCE_SIZE)))
         out.append(f"{name}:{value}" if value else name)
     return ",".join(out)
 
 
 def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: dict | None = None,
-         budget: float | None = None) -> Plan:
+         budget: float | None = None, arch_reason: str | None = None) -> Plan:
     """Merge BASE_RECIPE <- the arch's recipe <- what the data implies <- `given` (the command line;
     None values are unset). Returns every recipe field plus arch, model_kwargs and val_every."""
     from .augment import default_aug
@@ -194,7 +236,7 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
         model_kwargs = {**planned_kwargs, **(model_kwargs or {})}
         values["arch"], reasons["arch"] = arch, why
     else:
-        values["arch"], reasons["arch"] = arch, "--arch"
+        values["arch"], reasons["arch"] = arch, arch_reason or "--arch"
     values["model_kwargs"] = dict(model_kwargs or {})
     recipe = arch_recipe(arch)
     for key in RECIPE_FIELDS:

@@ -18,6 +18,7 @@ comp/distributed.py for how to launch it and what changes).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -36,14 +37,14 @@ from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_obje
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
-from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets
+from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, ladder_arch
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, default_workers, make_feed, resolve_loader
 from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
-from .recipe import RECIPE_FIELDS, DataShape, Plan, format_seconds, plan
+from .recipe import RECIPE_FIELDS, DataShape, Plan, arch_ladder, format_seconds, plan
 from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use
 
 # Views of the per-view logits kept in oof.npz/test.npz while they stay below this many floats.
@@ -72,6 +73,7 @@ class TrainConfig:
     budget: float | None = None  # seconds for this fold (or, before train() splits it, for all folds)
     budget_started: float | None = None  # time.monotonic() when the budget began (None: at train())
     plan: dict = field(default_factory=dict)  # resolved: each recipe value's reason
+    arch_reason: str | None = None  # why arch was chosen, when the budget chose it (with_budget_arch)
     # recipe: None means "the planner's value" (comp/recipe.py)
     epochs: float | None = None
     batch_size: int | None = None
@@ -99,7 +101,7 @@ class TrainConfig:
             raise CompError(f"--budget {self.budget}: must be a positive duration")
         try:
             planned = plan(DataShape(img_size, n_train, num_classes), given, self.arch, self.model_kwargs,
-                           self.budget)
+                           self.budget, self.arch_reason)
         except ValueError as exc:
             raise CompError(f"--arch: {exc}") from None
         values = {**{f.name: getattr(self, f.name) for f in fields(self)}, **planned.values, "plan": planned.reasons}
@@ -176,6 +178,7 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
         raise CompError(f"--fold {cfg.fold}: folds.csv has folds 0..{n_folds - 1} (or use --fold all)")
     if cfg.fold != -1:
         return [train_fold(cfg, prepared)]
+    cfg = with_budget_arch(cfg, prepared, 0, cfg.budget and cfg.budget / n_folds, ctx.device)  # one net for all folds
     name = cfg.name or (cfg.arch or plan(data_shape(prepared, 0), {}).values["arch"]).replace("/", "_")
     todo = []
     for k in range(n_folds):
@@ -203,9 +206,30 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     return results
 
 
+def with_budget_arch(cfg: TrainConfig, prepared: Prepared, fold: int, budget: float | None, device) -> TrainConfig:
+    """--budget without --arch: the net this machine can train in `budget` (comp/budget.py),
+    or the one a run being resumed started with."""
+    if not budget or cfg.arch is not None or cfg.model_kwargs:
+        return cfg
+    shape = data_shape(prepared, fold)
+    names = (cfg.name,) if cfg.name else arch_ladder(shape)[0]
+    started = [fold_dir(cfg.workdir, name, k) / "config.json" for name in names
+               for k in ([fold] if cfg.fold != -1 else range(int(prepared.folds.fold.max()) + 1))]
+    started = [p for p in started if cfg.resume and (p.parent / "checkpoint.pt").exists() and p.exists()]
+    if started:
+        config = json.loads(started[0].read_text())
+        return replace(cfg, arch=config["arch"], model_kwargs=config["model_kwargs"], arch_reason="the resumed run's")
+    batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
+    arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
+    return replace(cfg, arch=arch, model_kwargs=kwargs, arch_reason=why)
+
+
 def show_plan(cfg: TrainConfig) -> TrainConfig:
     """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all), nothing trained."""
-    resolved, table = _resolve_for_fold(cfg, load_prepared(cfg.workdir), max(cfg.fold, 0))
+    prepared = load_prepared(cfg.workdir)
+    budget = cfg.budget and cfg.budget / (1 if cfg.fold != -1 else int(prepared.folds.fold.max()) + 1)
+    cfg = with_budget_arch(cfg, prepared, max(cfg.fold, 0), budget, init_from_env(cfg.device).device)
+    resolved, table = _resolve_for_fold(cfg, prepared, max(cfg.fold, 0))
     print(table)
     return resolved
 
@@ -230,6 +254,7 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     if cfg.budget and cfg.budget_started is None:
         cfg = replace(cfg, budget_started=time.monotonic())
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
+    cfg = with_budget_arch(cfg, prepared, cfg.fold, cfg.budget, ctx.device)
     cfg, table = _resolve_for_fold(cfg, prepared, cfg.fold)
     ctx.print(table)
     out = fold_dir(cfg.workdir, cfg.name, cfg.fold)

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from comp.models import count_params, create_model, list_models, model_info, register_model
+from comp.models import count_macs, count_params, create_model, list_models, model_info, register_model
 
 ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
-         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_s2d", "fastnet_l_s2d"]
+         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_xl", "fastnet_s2d", "fastnet_l_s2d"]
 RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr", "muon_momentum"}
 NUM_CLASSES = 10
@@ -198,6 +198,33 @@ def test_fastnet_shapes_and_recipe():
     assert muon["aug"] == "altflip,translate:2" and muon["schedule"] == "linear" and not muon["ema"]
     assert create_model("fastnet_s2d", img_size=64).space_to_depth == 2
     assert create_model("fastnet_s2d", img_size=32).space_to_depth == 1  # below 64px: plain fastnet
+
+
+def test_fastnet_xl_is_airbench96s_net_and_recipe():
+    model = create_model("fastnet_xl", img_size=32)
+    assert [g.conv1.out_channels for g in model.groups] == [128, 384, 512]
+    group = model.groups[1].eval()
+    assert group.depth == 3 and group.conv3.weight.shape == (384, 384, 3, 3)
+    x = torch.randn(2, 128, 16, 16)
+    with torch.no_grad():  # conv1 -> pool -> BN -> GELU = h; then GELU(BN(conv3(GELU(BN(conv2(h))))) + h)
+        h = group.activ(group.norm1(group.pool(group.conv1(x))))
+        y = group.activ(group.norm2(group.conv2(h)))
+        torch.testing.assert_close(group(x), group.activ(group.norm3(group.conv3(y)) + h))
+    recipe = model_info("fastnet_xl")["recipe"]
+    assert (recipe["optimizer"], recipe["epochs"], recipe["aug"]) == ("sgd", 45, "flip,translate:4,cutout:12")
+    assert recipe["lr"] == pytest.approx(9.0 / (1 + 1 / 0.15))  # airbench96's lr 9.0 per 1024
+    assert recipe["lr"] * recipe["weight_decay"] == pytest.approx(0.012 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-4)
+    with pytest.raises(ValueError, match="2 or 3 convs"):
+        create_model("fastnet", depth=4)
+
+
+def test_count_macs_of_convs_and_linear_layers():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    assert count_macs(net, 3, 8) == 4 * 8 * 8 * 3 * 3 * 3 + 2 * 4 * 8 * 8
+    grouped = nn.Conv2d(4, 8, 3, padding=1, groups=4)
+    assert count_macs(grouped, 4, 8) == 8 * 8 * 8 * 1 * 3 * 3
+    fastnet, xl = (count_macs(create_model(a), 3, 32) for a in ("fastnet", "fastnet_xl"))
+    assert 3 < xl / fastnet < 5  # airbench96's net: about 4x airbench94's work an image
 
 
 # ----------------------------------------------------------------------------- timm adapter

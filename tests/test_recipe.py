@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 from test_train import prepared_workdir
 
-from comp.budget import TTA_SHARE, FoldClock, fold_budgets
+import torch
+
+from comp.budget import TTA_SHARE, FoldClock, fold_budgets, ladder_arch
 from comp.cli import main
 from comp.folds import load_prepared
 from comp.io import CompError
 from comp.predict import predict_run
-from comp.recipe import FASTNET_RECIPE, DataShape, parse_budget, plan
+from comp.recipe import FASTNET_RECIPE, TRAIN_SHARE, DataShape, budget_arch, parse_budget, plan
 from comp.train import TrainConfig, train, train_fold
 
 
@@ -93,12 +95,44 @@ def test_budget_arithmetic():
     assert fold_budgets(500.0, started=0.0, folds_left=1, now=600.0) == 0.0
 
 
+COSTS = {"fastnet": 1.0, "fastnet_l": 2.55, "fastnet_xl": 3.83}  # multiply-adds over fastnet's, at 32px
+
+
+def test_the_budget_picks_the_largest_net_whose_recipe_epochs_fit():
+    cifar = DataShape(32, 40_000, 10)
+    per_image = 1 / 800  # seconds: fastnet on 2 CPU cores
+    epoch = 40_000 * per_image  # 50 s
+    arch, why = budget_arch(cifar, 10 * epoch, per_image, COSTS)  # 10E: 7.5 epochs of fastnet fit
+    assert arch == "fastnet" and "8 epochs fit in 75% of the budget at 800 img/s (measured here)" in why
+    assert "fastnet_l would fit 2.9 of its recipe's 15 epochs" in why
+    arch, why = budget_arch(cifar, 15 * 2.55 * epoch / TRAIN_SHARE, per_image, COSTS)
+    assert arch == "fastnet_l" and "15 epochs fit" in why and "(2.5x fastnet's multiply-adds)" in why
+    assert "fastnet_xl would fit 10.0 of its recipe's 45 epochs" in why
+    gpu = 1 / 200_000  # an H100: 45 epochs of the 96% net in a minute and a half
+    assert budget_arch(cifar, 90, gpu, COSTS)[0] == "fastnet_xl"
+    assert budget_arch(cifar, 30, gpu, COSTS)[0] == "fastnet_l"
+
+
+def test_ladder_arch_times_this_machine(tmp_path):
+    cpu = torch.device("cpu")
+    shape = DataShape(16, 60, 3)
+    assert ladder_arch(shape, 1e-3, 16, cpu, "fp32")[:2] == ("fastnet", {})  # nothing fits: the smallest
+    arch, kwargs, why = ladder_arch(shape, 1e6, 16, cpu, "fp32")
+    assert (arch, kwargs) == ("fastnet_xl", {}) and "img/s" in why
+    big = DataShape(64, 60, 3)  # 64px: the s2d fold goes with every net of the ladder
+    assert ladder_arch(big, 1e-3, 16, cpu, "fp32")[:2] == ("fastnet_s2d", {"space_to_depth": 2})
+    assert ladder_arch(big, 1e6, 16, cpu, "fp32")[:2] == ("fastnet_xl", {"space_to_depth": 2})
+
+
 def test_plan_flag_prints_the_table_and_trains_nothing(tmp_path, workdir, capsys):
     prepared_workdir(tmp_path, workdir, per_class=12, size=32)
-    assert main(["train", "--plan", "--budget", "15m"]) == 0
+    assert main(["train", "--plan", "--budget", "15m"]) == 0  # 15 minutes for 18 images: the 96% net
     out = capsys.readouterr().out
-    assert "plan for fastnet fold 0: 18 training images of 32px, 3 classes" in out
+    assert "plan for fastnet_xl fold 0: 18 training images of 32px, 3 classes" in out
+    assert "epochs fit in 75% of the budget" in out and "(3.8x fastnet's multiply-adds)" in out
     assert "batch_size       16" in out and "epochs           fitted                     fitted to --budget 15m" in out and "val_every        0" in out
+    assert main(["train", "--plan", "--budget", "15m", "--arch", "fastnet"]) == 0
+    assert "plan for fastnet fold 0" in capsys.readouterr().out
     assert not (workdir / "runs").exists()
     assert main(["train", "--plan", "--budget", "15m", "--epochs", "3"]) == 2
     assert "--epochs and --budget both set the length of training" in capsys.readouterr().err
@@ -140,6 +174,31 @@ def test_budgeted_run_fits_the_clock_and_resumes_its_plan(tmp_path, workdir, mon
     [metrics] = train(TrainConfig(**{**cfg, "force": True}))
     assert clock.now - started <= 10.0  # on the run's own clock the budget holds
     assert metrics["steps"] > 4 and metrics["budget"] == 10.0
+
+
+def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch):
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
+    cfg = dict(arch=None, fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
+
+    def stop_in_epoch_6(row):  # 1 step an epoch: the plan is fixed at step 4, saved after epoch 5
+        if row["epoch"] == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TrainConfig(**cfg), load_prepared(workdir), on_epoch=stop_in_epoch_6)
+    [run] = (workdir / "runs").iterdir()
+    started = json.loads((run / "fold0" / "config.json").read_text())
+    assert "epochs fit in 75% of the budget" in started["plan"]["arch"]
+
+    def must_not_time(*args):
+        raise AssertionError("a resumed run must not choose its net again")
+
+    monkeypatch.setattr("comp.train.ladder_arch", must_not_time)
+    [metrics] = train(TrainConfig(**cfg, resume=True))
+    config = json.loads((run / "fold0" / "config.json").read_text())
+    assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
+    assert metrics["steps"] == config["total_steps"] == started["total_steps"]
 
 
 def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):

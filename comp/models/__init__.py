@@ -2,7 +2,7 @@
 
 Usage
 -----
-    from comp.models import create_model, list_models, model_info, count_params
+    from comp.models import create_model, list_models, model_info, count_params, count_macs
     model = create_model("fastnet", num_classes=10, in_chans=3, img_size=32)
     model = create_model("timm/convnext_nano", num_classes=5, img_size=64, weights="w.safetensors")
 
@@ -47,7 +47,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-__all__ = ["create_model", "list_models", "model_info", "register_model", "count_params"]
+__all__ = ["create_model", "list_models", "model_info", "register_model", "count_params", "count_macs"]
 
 TIMM_PREFIX = "timm/"
 
@@ -129,6 +129,34 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, img_size: 
 def count_params(model: nn.Module) -> int:
     """Total number of parameters, trainable and frozen."""
     return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, in_chans: int = 3, img_size: int = 32) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and linear layers
+    (what dominates a CNN's cost), counted from one real forward pass on the CPU."""
+    import torch
+
+    total = 0
+
+    def add(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        total += output[0].numel() * per_output
+
+    hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, img_size, img_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return int(total)
 
 
 # Importing the family modules runs their @register_model decorators. They import

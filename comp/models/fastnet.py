@@ -1,10 +1,11 @@
-"""fastnet: the airbench94 CIFAR-10 network (Keller Jordan, arXiv:2404.00498), and fastnet_l
-(the wider airbench95 variant).
+"""fastnet: the airbench94 CIFAR-10 network (Keller Jordan, arXiv:2404.00498), fastnet_l
+(the wider airbench95 variant) and fastnet_xl (airbench96's: wider still, three convs a group).
 
     whiten:  conv 2x2, no padding, 2*in_chans*4 channels, bias; weight frozen and set from
              the data's 2x2 patch covariance (init_from_data) -> GELU
     groups:  ConvGroup(64), ConvGroup(256), ConvGroup(256)
              ConvGroup = conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU
+             (depth 3, fastnet_xl: then conv3x3 -> BN, plus the group's first activation, -> GELU)
     head:    global max pool -> Linear(256, num_classes, bias=False) -> x 1/9
 
 Details kept from airbench: convs have no bias and start from default init with a dirac
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE
+from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FASTNET_XL_RECIPE
 from . import register_model
 
 WHITEN_EPS = 5e-4
@@ -60,24 +61,34 @@ class Conv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float = 0.4):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float = 0.4, depth: int = 2):
         super().__init__()
+        if depth not in (2, 3):
+            raise ValueError(f"depth={depth}: a ConvGroup has 2 or 3 convs")
         self.conv1 = Conv(c_in, c_out)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = BatchNorm(c_out, bn_momentum)
         self.conv2 = Conv(c_out, c_out)
         self.norm2 = BatchNorm(c_out, bn_momentum)
+        if depth == 3:  # airbench96: a third conv, and a shortcut around the last two
+            self.conv3 = Conv(c_out, c_out)
+            self.norm3 = BatchNorm(c_out, bn_momentum)
+        self.depth = depth
         self.activ = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.activ(self.norm1(self.pool(self.conv1(x))))
-        return self.activ(self.norm2(self.conv2(x)))
+        if self.depth == 2:
+            return self.activ(self.norm2(self.conv2(x)))
+        y = self.activ(self.norm2(self.conv2(x)))
+        return self.activ(self.norm3(self.conv3(y)) + x)
 
 
 class FastNet(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, img_size: int = 32,
                  widths: tuple[int, ...] = (64, 256, 256), bn_momentum: float = 0.4,
-                 scaling_factor: float = 1 / 9, whiten_bias_epochs: int = 3, space_to_depth: int = 1):
+                 scaling_factor: float = 1 / 9, whiten_bias_epochs: int = 3, space_to_depth: int = 1,
+                 depth: int = 2):
         super().__init__()
         while space_to_depth > 1 and img_size // space_to_depth < 32:  # small images stay unfolded
             space_to_depth //= 2
@@ -92,7 +103,7 @@ class FastNet(nn.Module):
         self.activ = nn.GELU()
         groups, c_in = [], whiten_width
         for width in widths:
-            groups.append(ConvGroup(c_in, width, bn_momentum))
+            groups.append(ConvGroup(c_in, width, bn_momentum, depth))
             c_in = width
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -160,6 +171,16 @@ def fastnet(num_classes, in_chans, img_size, **kw):
 )
 def fastnet_l(num_classes, in_chans, img_size, **kw):
     kw.setdefault("widths", (128, 384, 384))
+    return FastNet(num_classes, in_chans, img_size, **kw)
+
+
+@register_model(
+    description="airbench96 net: ConvGroups 128/384/512 of three convs with a shortcut, 45 epochs",
+    recipe=FASTNET_XL_RECIPE,
+)
+def fastnet_xl(num_classes, in_chans, img_size, **kw):
+    kw.setdefault("widths", (128, 384, 512))
+    kw.setdefault("depth", 3)
     return FastNet(num_classes, in_chans, img_size, **kw)
 
 
