@@ -307,3 +307,29 @@ def test_timm_pretrained_offline_message(monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not download pretrained weights for resnet18 "
                                            r"\(offline\?\).*--weights FILE"):
         create_model("timm/resnet18", pretrained=True)
+
+
+def test_fastnet_whitening_of_grayscale_stored_as_rgb_trains_in_bf16():
+    # Three identical channels span 4 of the 12 patch directions. The other 8 must not become
+    # channels of rounding residue: in bf16 some are exactly constant, and BatchNorm (eps 1e-12)
+    # after the dirac convs multiplies their gradient by 1e6 per layer: NaN after one step.
+    torch.manual_seed(1)  # a seed whose null directions round, in bf16, to ~zero channels
+    gray = F.interpolate(torch.randn(64, 1, 8, 8), size=32, mode="bilinear")
+    images = ((gray - gray.mean()) / gray.std()).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.arange(64) % NUM_CLASSES
+    model = create_model("fastnet", img_size=32)
+    _prepare(model, images)
+    for precision in (torch.float32, torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+            channel_std = model.whiten(images).float().std((0, 2, 3))
+        assert channel_std.min() > 0.5, (precision, channel_std)  # every channel is whitened data
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    for idx in torch.randperm(64).split(16):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images[idx])
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        assert math.isfinite(loss.item()) and grad_norm < 100, (loss.item(), grad_norm.item())
+        optimizer.step()

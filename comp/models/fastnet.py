@@ -36,6 +36,9 @@ from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FA
 from . import register_model
 
 WHITEN_EPS = 5e-4
+# A patch direction whose standard deviation is below float32 rounding of the largest one's
+# (sqrt(eigenvalue) < sqrt(largest) * dim * float32 eps) is not in the data: numerically zero.
+NULL_DIRECTION_RTOL = torch.finfo(torch.float32).eps
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -84,6 +87,24 @@ class ConvGroup(nn.Module):
         return self.activ(self.norm3(self.conv3(y)) + x)
 
 
+def _reuse_data_directions(scaled: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Whitening rows (descending eigenvalues) with the null directions' rows replaced by the data's.
+
+    Data that spans fewer directions than the patch has (grayscale stored as RGB: 4 of 12) has
+    numerically zero eigenvalues. Their rows, weighted 1/sqrt(eps), output only rounding residue:
+    ~1e-6 noise in float32, and in bf16 noise or, for some rows, an exactly constant channel. The
+    dirac-initialised convs carry such a channel unchanged through every BatchNorm, each of which
+    (eps 1e-12) multiplies its gradient by 1e6: a 1e30 gradient at the first step, then NaN.
+    Repeating the data's own whitened directions in those slots keeps every channel real data
+    at unit variance. Full-rank covariances (any real RGB data) are returned unchanged.
+    """
+    dim = len(eigenvalues)
+    rank = int((eigenvalues > eigenvalues[0] * (dim * NULL_DIRECTION_RTOL) ** 2).sum())
+    if rank in (0, dim):  # full rank, or no data at all (constant images): nothing to reuse
+        return scaled
+    return scaled[torch.arange(dim, device=scaled.device) % rank]  # rows 0..rank-1, then again
+
+
 class FastNet(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, img_size: int = 32,
                  widths: tuple[int, ...] = (64, 256, 256), bn_momentum: float = 0.4,
@@ -119,6 +140,7 @@ class FastNet(nn.Module):
         already normalized. Accumulated in float64 over chunks so a few thousand 64px images
         never materialise all patches at once. Output channels are cat(V, -V): the GELU then
         sees both signs of every whitened direction.
+        Directions the data does not span (grayscale as RGB) reuse its own: _reuse_data_directions.
         """
         weight = self.whiten.weight
         k = weight.shape[-1]
@@ -136,6 +158,7 @@ class FastNet(nn.Module):
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending; columns are vectors
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # descending rows
         scaled = eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]
+        scaled = _reuse_data_directions(scaled, eigenvalues)
         scaled = scaled.reshape(dim, *weight.shape[1:]).to(weight.dtype)
         weight.copy_(torch.cat([scaled, -scaled]))
 
