@@ -18,7 +18,9 @@ What the planner derives from the data (`DataShape`: image size, training images
               added for scarce data: on 120 images a class (tiny100, 12E) none of cutout, cutmix,
               zoom or the wider fastnet_l_s2d scored above the plain recipe (BENCHMARKS.md, issue 9)
   val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
-  epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py)
+  epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py); all at
+              the image's size: progressive resizing (24 -> 32px, 12 epochs) scored 0.4 points below
+              the plain recipe's 9.6 epochs in the same time (CIFAR-10 fold 0, BENCHMARKS.md)
   tta         the recipe's; with --budget the widest whose measured cost fits a fifth of it (comp/budget.py)
 """
 from __future__ import annotations
