@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: the planned recipe (`comp train --fold all --budget B`, no other flag) on 5 folds of
 # CIFAR-10 on one GPU, then a soft blend; prints the net the planner chose, the epochs it fitted, the
-# OOF accuracy per fold, images/s and each fold's wall time against its share of the budget.
+# OOF accuracy per fold, images/s, and how long `comp train` took against the budget.
 #   scripts/gpu_check.sh [CIFAR10_ZIP] [WORKDIR] [BUDGET]      (BUDGET: for all folds, default 5m)
 # Runs with the python3 that has torch (set PYTHON to override); comp need not be installed.
 set -euo pipefail
