@@ -335,6 +335,10 @@ class Prepared:
         return self.train_images is not None
 
     @property
+    def n_folds(self) -> int:
+        return int(self.folds.fold.max()) + 1
+
+    @property
     def image_size(self) -> int:
         """The side the images are trained at (prepare.json before --no-cache existed: the cache's)."""
         return int(self.info.get("image_size") or self.train_images.shape[1])

@@ -64,7 +64,7 @@ def grid(archs: str | list[str], folds: str = "all", workdir=".", **train_kwargs
         except ValueError as exc:
             raise CompError(f"--archs {arch}: {exc}") from None
     prepared = load_prepared(workdir)
-    fold_ids = parse_folds(folds, int(prepared.folds.fold.max()) + 1)
+    fold_ids = parse_folds(folds, prepared.n_folds)
     rows = []
     for arch in names:
         for fold in fold_ids:

@@ -173,12 +173,12 @@ def train(cfg: TrainConfig) -> list[dict]:
 
 def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     prepared = load_prepared(cfg.workdir)
-    n_folds = int(prepared.folds.fold.max()) + 1
+    n_folds = prepared.n_folds
     if cfg.fold != -1 and not 0 <= cfg.fold < n_folds:
         raise CompError(f"--fold {cfg.fold}: folds.csv has folds 0..{n_folds - 1} (or use --fold all)")
     if cfg.fold != -1:
         return [train_fold(cfg, prepared)]
-    cfg = with_budget_arch(cfg, prepared, 0, cfg.budget and cfg.budget / n_folds, ctx.device)  # one net for all folds
+    cfg = with_budget_arch(cfg, prepared, ctx.device)  # one net for all folds
     name = cfg.name or (cfg.arch or plan(data_shape(prepared, 0), {}).values["arch"]).replace("/", "_")
     todo = []
     for k in range(n_folds):
@@ -206,19 +206,21 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     return results
 
 
-def with_budget_arch(cfg: TrainConfig, prepared: Prepared, fold: int, budget: float | None, device) -> TrainConfig:
-    """--budget without --arch: the net this machine can train in `budget` (comp/budget.py),
-    or the one a run being resumed started with."""
-    if not budget or cfg.arch is not None or cfg.model_kwargs:
+def with_budget_arch(cfg: TrainConfig, prepared: Prepared, device) -> TrainConfig:
+    """--budget without --arch: the net this machine can train in a fold's budget (comp/budget.py;
+    with --fold all, an equal share of the whole), or the one a run being resumed started with."""
+    if not cfg.budget or cfg.arch is not None or cfg.model_kwargs:
         return cfg
-    shape = data_shape(prepared, fold)
-    names = (cfg.name,) if cfg.name else arch_ladder(shape)[0]
-    started = [fold_dir(cfg.workdir, name, k) / "config.json" for name in names
-               for k in ([fold] if cfg.fold != -1 else range(int(prepared.folds.fold.max()) + 1))]
-    started = [p for p in started if cfg.resume and (p.parent / "checkpoint.pt").exists() and p.exists()]
-    if started:
-        config = json.loads(started[0].read_text())
-        return replace(cfg, arch=config["arch"], model_kwargs=config["model_kwargs"], arch_reason="the resumed run's")
+    folds = range(prepared.n_folds) if cfg.fold == -1 else [cfg.fold]
+    shape = data_shape(prepared, folds[0])
+    if cfg.resume:
+        names = (cfg.name,) if cfg.name else arch_ladder(shape)[0]
+        started = [fold_dir(cfg.workdir, name, k) for name in names for k in folds]
+        started = [out for out in started if (out / "checkpoint.pt").exists() and (out / "config.json").exists()]
+        if started:
+            config = json.loads((started[0] / "config.json").read_text())
+            return replace(cfg, arch=config["arch"], model_kwargs=config["model_kwargs"], arch_reason="the resumed run's")
+    budget = cfg.budget / len(folds)
     batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
     arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
     return replace(cfg, arch=arch, model_kwargs=kwargs, arch_reason=why)
@@ -227,8 +229,7 @@ def with_budget_arch(cfg: TrainConfig, prepared: Prepared, fold: int, budget: fl
 def show_plan(cfg: TrainConfig) -> TrainConfig:
     """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all), nothing trained."""
     prepared = load_prepared(cfg.workdir)
-    budget = cfg.budget and cfg.budget / (1 if cfg.fold != -1 else int(prepared.folds.fold.max()) + 1)
-    cfg = with_budget_arch(cfg, prepared, max(cfg.fold, 0), budget, init_from_env(cfg.device).device)
+    cfg = with_budget_arch(cfg, prepared, init_from_env(cfg.device).device)
     resolved, table = _resolve_for_fold(cfg, prepared, max(cfg.fold, 0))
     print(table)
     return resolved
@@ -254,7 +255,7 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     if cfg.budget and cfg.budget_started is None:
         cfg = replace(cfg, budget_started=time.monotonic())
     in_fold = prepared.folds.fold.to_numpy() == cfg.fold
-    cfg = with_budget_arch(cfg, prepared, cfg.fold, cfg.budget, ctx.device)
+    cfg = with_budget_arch(cfg, prepared, ctx.device)
     cfg, table = _resolve_for_fold(cfg, prepared, cfg.fold)
     ctx.print(table)
     out = fold_dir(cfg.workdir, cfg.name, cfg.fold)

@@ -74,7 +74,7 @@ def tune(opts: TuneOptions):
     if opts.trials < 1:
         raise CompError(f"--trials {opts.trials}: need at least 1")
     prepared = load_prepared(opts.workdir)
-    n_folds = int(prepared.folds.fold.max()) + 1
+    n_folds = prepared.n_folds
     if not 0 <= opts.fold < n_folds:
         raise CompError(f"--fold {opts.fold}: folds.csv has folds 0..{n_folds - 1}")
     fixed = {"epochs": opts.epochs} if opts.epochs is not None else None
