@@ -33,12 +33,31 @@ def scan_headers(paths, desc="scanning") -> tuple[list, list, list[tuple[int, st
     return sizes, modes, bad
 
 
-def choose_size(sizes) -> int:
-    """The most common side length; non-square images are resized to a square of it."""
-    counts = Counter(max(s) for s in sizes if s)
-    if not counts:
+# prepare's default side is at most this: the planner's nets (comp/recipe.py) are built for small
+# images on a budget, and a 512px cache costs 16x a 128px one in memory and in every epoch.
+# `--size` sets any other side.
+DEFAULT_MAX_SIZE = 128
+SIZE_STEP = 32  # mixed sizes round to a multiple of this, which the nets' 2x2 pools divide
+
+
+def choose_size(sizes) -> tuple[int, str]:
+    """(side, why): the most common longer side where at least half the images share it; where
+    sizes are mixed (photos), the median longer side rounded to a multiple of SIZE_STEP. Either
+    is capped at DEFAULT_MAX_SIZE. Non-square images are resized to a square of that side."""
+    sides = [max(s) for s in sizes if s]
+    if not sides:
         raise ValueError("no readable images")
-    return counts.most_common(1)[0][0]
+    side, count = Counter(sides).most_common(1)[0]
+    why = f"the most common side ({count} of {len(sides)} images)"
+    if count < len(sides) / 2:
+        median = float(np.median(sides))
+        side = max(SIZE_STEP, int(round(median / SIZE_STEP)) * SIZE_STEP)
+        why = f"sizes are mixed: the median longer side ({median:g}px) rounded to a multiple of {SIZE_STEP}"
+    if side > DEFAULT_MAX_SIZE:
+        why = (f"{why} is {side}px; capped at {DEFAULT_MAX_SIZE} for speed: `--size {side}` keeps the detail "
+               f"at about {(side / DEFAULT_MAX_SIZE) ** 2:.0f}x the cost an epoch")
+        side = DEFAULT_MAX_SIZE
+    return side, why
 
 
 # Modes with more than 8 bits per pixel and how load_rgb brings them to 0..255 (prepare's summary

@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "makes runs trained on the previous split unusable")
     p.add_argument("--seed", type=int, default=42, help="seed of the fold shuffle (default 42); changing it "
                    "makes runs trained on the previous split unusable")
-    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE pixels (default: the most common size)")
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE pixels (default: the most common side, or the "
+                   "median of mixed sizes, at most 128)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad rows/images and report them instead of failing")
     p.add_argument("--no-cache", action="store_true", help="check every image but write no cache (images too large "
                    "to cache): `comp train` then reads the files (--loader albu)")

@@ -98,7 +98,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         raise CompError(f"--folds {opts.folds}: need at least 2 folds")
     if opts.size is not None and opts.size < 1:
         raise CompError(f"--size {opts.size}: need a side length in pixels (e.g. 32), or leave it out "
-                        f"for the most common size")
+                        f"for the default (the most common side, at most {cache_mod.DEFAULT_MAX_SIZE})")
     workdir = Path(opts.workdir).resolve()
     out = folds_dir(workdir)  # also finishes a switch a killed prepare began
     removed = staging.remove_stale(out, out / "cache", workdir / "data")
@@ -120,7 +120,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     problems += _small_classes(train, opts.folds)
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
-    size = opts.size or cache_mod.choose_size(train["size"])
+    size, size_reason = (opts.size, "--size") if opts.size else cache_mod.choose_size(train["size"])
     # Everything is written under a staging folder and switched in at the end (comp/staging.py),
     # so a failed or killed prepare leaves the previous preparation whole.
     with staging.Staging(out) as stage:
@@ -144,7 +144,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})
         summary = _summary(opts, layout, train, test, label_map, problems, size,
                            cache_mod.duplicate_report(train_hashes, list(train.label), test_hashes, list(train.id)))
-        summary["image_size"] = size
+        summary["image_size"], summary["image_size_reason"] = size, size_reason
         summary["fingerprints"] = {"train_fingerprint": ids_fingerprint(folds_table.id),
                                    "test_fingerprint": ids_fingerprint(test_table.id)}
         summary["cache"] = {"train": rel(out / "cache" / caches["train"].name),
@@ -298,9 +298,10 @@ def print_summary(summary: dict) -> None:
     print(f"sizes seen: {summary['sizes_seen']}  modes seen: {summary['modes_seen']}")
     size = summary["image_size"]
     if summary["cache"]:
-        print(f"cache: {size}x{size} uint8 -> {summary['cache']['train']}")
+        print(f"cache: {size}x{size} uint8 -> {summary['cache']['train']}  ({summary.get('image_size_reason', '')})")
     else:
-        print(f"cache: none (--no-cache); `comp train` reads the image files and resizes them to {size}x{size}")
+        print(f"cache: none (--no-cache); `comp train` reads the image files and resizes them to {size}x{size}  "
+              f"({summary.get('image_size_reason', '')})")
     for mode, how in summary.get("scaled_to_8_bits", {}).items():
         print(f"{mode} images scaled to 8 bits: {how}")
     if summary.get("class_names_with_outer_spaces"):

@@ -173,9 +173,9 @@ class Bundle:
         odd_sizes = Counter(f"{s[0]}x{s[1]}" for s in sizes if s and f"{s[0]}x{s[1]}" not in seen_sizes)
         odd_modes = Counter(m for m in modes if m and m not in seen_modes)
         if odd_sizes or odd_modes:
-            print(f"note: images of sizes {dict(odd_sizes)} / modes {dict(odd_modes)} never seen in training; "
-                  f"they are converted as `comp prepare` converted training images (to RGB, resized to "
-                  f"{self.size}x{self.size})")
+            print(f"note: {_some(odd_sizes, 'size')}{' and ' if odd_sizes and odd_modes else ''}"
+                  f"{_some(odd_modes, 'mode')} never seen in training; they are converted as `comp prepare` "
+                  f"converted training images (to RGB, resized to {self.size}x{self.size})")
 
     def submission(self, predictions: pd.DataFrame, ids=None) -> pd.DataFrame:
         """The rows in the competition's format (header, id column, labels as written), validated."""
@@ -261,3 +261,12 @@ def _blender(spec: dict) -> ensemble.Blender:
     return ensemble.Blender(spec["method"], spec["combine_method"], spec["n_runs"], spec["n_classes"],
                             array("keep").astype(int), array("weights"), array("temperatures"), stacker,
                             spec["learned"])
+
+
+def _some(counts: Counter, what: str, shown: int = 3) -> str:
+    """'12 images of 5 sizes (640x480: 8, 320x240: 1, 800x600: 1, ...)': photos come in many sizes."""
+    if not counts:
+        return ""
+    listed = ", ".join(f"{k}: {n}" for k, n in counts.most_common(shown))
+    more = ", ..." if len(counts) > shown else ""
+    return f"{sum(counts.values())} images of {len(counts)} {what}s ({listed}{more})"

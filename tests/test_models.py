@@ -171,6 +171,33 @@ def test_fastnet_whitening_init_from_data():
     assert torch.equal(w[12:], -w[:12])
 
 
+def test_fastnet_s2d_on_large_images_keeps_the_48_directions_of_most_variance():
+    """A 4x4 fold (128px) has 192 patch directions; the whitening keeps the 48 of most variance,
+    still whitened (unit second moment) and ordered, so the first group is the 64px net's size."""
+    images = _correlated_images(n=64, size=128)
+    model = create_model("fastnet_s2d", img_size=128, space_to_depth=4)
+    assert model.space_to_depth == 4 and model.whiten.out_channels == 96
+    model.init_from_data(images)
+    folded = model._fold(images)
+    half = model.whiten.out_channels // 2
+    out = F.conv2d(folded, model.whiten.weight[:half]).permute(0, 2, 3, 1).reshape(-1, half)
+    assert ((out.T @ out / out.shape[0]) - torch.eye(half)).abs().max() < 0.05
+    macs_64 = count_macs(create_model("fastnet_s2d", img_size=64), 3, 64)
+    assert count_macs(model, 3, 128) < 1.2 * macs_64  # without the cap: 2.4x
+
+
+@pytest.mark.parametrize("size", [75, 99, 363])
+def test_fastnet_s2d_pads_a_side_its_fold_does_not_divide(size):
+    """--size 75 folds by 2 and 363 by 8: the edge is repeated up to the next multiple, not a crash."""
+    model = create_model("fastnet_s2d", img_size=size).eval()
+    assert size % model.space_to_depth != 0
+    images = torch.rand(2, 3, size, size)
+    model.init_from_data(images)
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+
+
 def test_fastnet_freezes_whitening_bias_after_epoch_3():
     model = create_model("fastnet")
     for epoch in range(6):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from conftest import class_image, make_competition, write_image, zip_folder
 
 from comp.data import LayoutOverrides
@@ -101,6 +102,29 @@ def test_modes_and_sizes_are_normalised(tmp_path, workdir):
     assert load_prepared(workdir).train_images.shape[1:] == (16, 16, 3)
     run_prepare(root, workdir, folds=2, size=8)
     assert load_prepared(workdir).train_images.shape[1:] == (8, 8, 3)
+
+
+def test_default_size_is_the_common_side_or_the_median_of_mixed_ones_at_most_128():
+    from comp.cache import choose_size
+
+    assert choose_size([(32, 32)] * 9 + [(40, 30)]) == (32, "the most common side (9 of 10 images)")
+    side, why = choose_size([(50 + 3 * i, 40) for i in range(20)])  # photos: every size different
+    assert side == 64 and why.startswith("sizes are mixed: the median longer side (78.5px)")
+    side, why = choose_size([(512, 384)] * 3)
+    assert side == 128 and "`--size 512`" in why and "16x the cost" in why
+    side, _ = choose_size([(20, 12), (24, 30), (33, 33)])  # mixed and tiny: at least one step
+    assert side == 32
+
+
+def test_mixed_sizes_are_cached_at_the_default_and_say_why(tmp_path, workdir):
+    root = tmp_path / "photos"
+    make_competition(root, "folders", per_class=4)
+    rng = np.random.default_rng(2)
+    for i, path in enumerate(sorted((root / "train").rglob("*.png"))):
+        write_image(path, np.asarray(Image.fromarray(class_image(0, 3, 16, rng)).resize((40 + 9 * i, 50))))
+    summary = run_prepare(root, workdir, folds=2)
+    assert summary["image_size"] == 96 and summary["image_size_reason"].startswith("sizes are mixed")
+    assert load_prepared(workdir).train_images.shape[1:] == (96, 96, 3)  # median 89.5
 
 
 def test_duplicates_are_reported(tmp_path, workdir):

@@ -1,8 +1,8 @@
 """fastnet: the airbench94 CIFAR-10 network (Keller Jordan, arXiv:2404.00498), fastnet_l
 (the wider airbench95 variant) and fastnet_xl (airbench96's: wider still, three convs a group).
 
-    whiten:  conv 2x2, no padding, 2*in_chans*4 channels, bias; weight frozen and set from
-             the data's 2x2 patch covariance (init_from_data) -> GELU
+    whiten:  conv 2x2, no padding, 2*in_chans*4 channels (at most 96), bias; weight frozen and
+             set from the data's 2x2 patch covariance (init_from_data) -> GELU
     groups:  ConvGroup(64), ConvGroup(256), ConvGroup(256)
              ConvGroup = conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU
              (depth 3, fastnet_xl: then conv3x3 -> BN, plus the group's first activation, -> GELU)
@@ -22,6 +22,9 @@ fastnet_s2d (for 64px and up) instead folds each 2x2 block of pixels into channe
 (pixel_unshuffle: 64x64x3 -> 32x32x12, nothing lost) and whitens 2x2 patches of that, i.e.
 4x4 pixel patches at stride 2: the network then runs at 32px cost (about a third of the
 4-group net's FLOPs at 64px) while still seeing every pixel. Below 64px it does not fold.
+Larger images fold f x f blocks (f = 4 at 128px); the whitening then keeps the 48 patch
+directions of most variance (MAX_WHITEN_DIRECTIONS), so the first group stays 64px-sized, and
+a side f does not divide is padded by repeating its edge.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ WHITEN_EPS = 5e-4
 # A patch direction whose standard deviation is below float32 rounding of the largest one's
 # (sqrt(eigenvalue) < sqrt(largest) * dim * float32 eps) is not in the data: numerically zero.
 NULL_DIRECTION_RTOL = torch.finfo(torch.float32).eps
+# The whitening keeps at most this many patch directions (those of most variance): all 48 of a
+# 2x2-folded RGB image's 2x2 patches (64px). A 4x4 fold (128px) has 192, and keeping them all
+# would make the whitening and the first group's conv about 4x as wide, for the least-variance
+# directions; an 8x8 fold (256px) 768, 16x.
+MAX_WHITEN_DIRECTIONS = 48
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -117,7 +125,8 @@ class FastNet(nn.Module):
         in_chans, img_size = in_chans * space_to_depth**2, img_size // space_to_depth
         extra_groups = max(0, int(math.log2(img_size / 32)))  # 0 below 64px
         widths = tuple(widths) + (widths[-1],) * extra_groups
-        whiten_width = 2 * in_chans * 2 * 2  # +/- each of the in_chans*2*2 patch eigenvectors
+        self.whiten_directions = min(in_chans * 2 * 2, MAX_WHITEN_DIRECTIONS)
+        whiten_width = 2 * self.whiten_directions  # +/- each kept patch eigenvector
         self.whiten = nn.Conv2d(in_chans, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
         nn.init.zeros_(self.whiten.bias)
@@ -141,6 +150,7 @@ class FastNet(nn.Module):
         never materialise all patches at once. Output channels are cat(V, -V): the GELU then
         sees both signs of every whitened direction.
         Directions the data does not span (grayscale as RGB) reuse its own: _reuse_data_directions.
+        Only the first whiten_directions (most variance) are kept: MAX_WHITEN_DIRECTIONS.
         """
         weight = self.whiten.weight
         k = weight.shape[-1]
@@ -158,8 +168,8 @@ class FastNet(nn.Module):
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending; columns are vectors
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # descending rows
         scaled = eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]
-        scaled = _reuse_data_directions(scaled, eigenvalues)
-        scaled = scaled.reshape(dim, *weight.shape[1:]).to(weight.dtype)
+        scaled = _reuse_data_directions(scaled, eigenvalues)[: self.whiten_directions]
+        scaled = scaled.reshape(self.whiten_directions, *weight.shape[1:]).to(weight.dtype)
         weight.copy_(torch.cat([scaled, -scaled]))
 
     def on_epoch_start(self, epoch: int, total_epochs: float = 0.0):
@@ -167,9 +177,13 @@ class FastNet(nn.Module):
         self.whiten.bias.requires_grad = epoch < self.whiten_bias_epochs
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
-        if self.space_to_depth == 1:
+        fold = self.space_to_depth
+        if fold == 1:
             return x
-        return F.pixel_unshuffle(x, self.space_to_depth).contiguous(memory_format=torch.channels_last)
+        pad_h, pad_w = -x.shape[-2] % fold, -x.shape[-1] % fold
+        if pad_h or pad_w:  # a side the fold does not divide (--size 75 folds by 2): repeat the edge
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return F.pixel_unshuffle(x, fold).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.activ(self.whiten(self._fold(x))))
