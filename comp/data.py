@@ -239,7 +239,10 @@ def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) ->
             problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))
     if not rows:
         only = f" with extension {ext}" if ext else ""
-        raise CompError(f"{part.image_dir}: no class sub-folders with images{only} found")
+        loose = sum(1 for entry in part.image_dir.iterdir() if entry.suffix.lower() in IMAGE_EXTS)
+        hint = (f": its {loose} images are not in class folders; write their labels to a CSV (columns id,label, "
+                f"e.g. from the file names) and pass it with --train-csv") if loose else ""
+        raise CompError(f"{part.image_dir}: no class sub-folders with images{only} found{hint}")
     return pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
 
 

@@ -74,6 +74,22 @@ def test_class_folder_layout_with_odd_sample_columns(tmp_path, workdir):
     assert list(prepared.test.id) == facts["test_ids"]
 
 
+def test_labels_in_file_names_say_how_to_pass_them(tmp_path, workdir):
+    """dogs-vs-cats: train/cat.0.jpg with no labels file. The error says what to do, and doing it works."""
+    root = tmp_path / "dogscats"
+    make_competition(root, "folders", classes=["cat", "dog"], per_class=6)
+    for path in sorted((root / "train").rglob("*.png")):
+        path.rename(root / "train" / f"{path.parent.name}.{path.name}")
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+    with pytest.raises(CompError, match="its 12 images are not in class folders.*--train-csv"):
+        run_prepare(root, workdir, folds=2)
+    names = sorted(p.name for p in (root / "train").iterdir())
+    pd.DataFrame({"id": names, "label": [n.split(".")[0] for n in names]}).to_csv(root / "labels.csv", index=False)
+    summary = run_prepare(root, workdir, folds=2, overrides=LayoutOverrides(train_csv="labels.csv"))
+    assert summary["images_per_class"] == {"cat": 6, "dog": 6}
+
+
 def test_overrides_for_unusual_names(tmp_path, workdir):
     root = tmp_path / "odd"
     make_competition(root, "cifar")
