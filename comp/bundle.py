@@ -155,7 +155,8 @@ def _decode_spec(workdir: Path, runs: list[dict]) -> dict:
                         f"{size}px; export runs of the current preparation")
     return {"decoder": "comp.cache.load_rgb", "size": size, "resize": "bicubic to size x size when not already",
             "modes": "RGBA, LA and P with transparency composited on white, then every mode converted to RGB",
-            "sizes_seen": info.get("sizes_seen", {}), "modes_seen": info.get("modes_seen", {})}
+            "sizes_seen": info.get("sizes_seen", {}), "distinct_sizes": info.get("distinct_sizes"),
+            "modes_seen": info.get("modes_seen", {})}
 
 
 def _submission_spec(fitted: FittedBlend) -> dict:

@@ -51,11 +51,11 @@ def choose_size(sizes) -> tuple[int, str]:
     why = f"the most common side ({count} of {len(sides)} images)"
     if count < len(sides) / 2:
         median = float(np.median(sides))
-        side = max(SIZE_STEP, int(round(median / SIZE_STEP)) * SIZE_STEP)
+        side = max(SIZE_STEP, int(median / SIZE_STEP + 0.5) * SIZE_STEP)  # halves round up
         why = f"sizes are mixed: the median longer side ({median:g}px) rounded to a multiple of {SIZE_STEP}"
     if side > DEFAULT_MAX_SIZE:
-        why = (f"{why} is {side}px; capped at {DEFAULT_MAX_SIZE} for speed: `--size {side}` keeps the detail "
-               f"at about {(side / DEFAULT_MAX_SIZE) ** 2:.0f}x the cost an epoch")
+        why = (f"{why} is {side}px; capped at {DEFAULT_MAX_SIZE} for speed: `--size {side}` keeps the detail, "
+               f"with {(side / DEFAULT_MAX_SIZE) ** 2:.1f}x the pixels to cache and train on")
         side = DEFAULT_MAX_SIZE
     return side, why
 

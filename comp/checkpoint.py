@@ -17,6 +17,17 @@ RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "w
                "img_size", "loader", "label_hash", "folds_fingerprint")
 
 
+def load_weights(model: torch.nn.Module, state: dict, where) -> None:
+    """model.load_state_dict(state), or a CompError naming the file when the saved tensors do not fit
+    the net this version builds (weights from an older comp, or a run of another image size)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise CompError(f"{where}: the saved weights do not fit the net this comp builds ({lines[0] if lines else exc}); "
+                        f"they come from an older comp or another image size: train the run again") from exc
+
+
 def check_resumable(saved: dict, now: dict, out: Path) -> None:
     """A resumed run must continue the same recipe on the same split, or its record would lie."""
     # Only keys the checkpoint recorded: older checkpoints (no config, fewer keys) still resume.
@@ -41,11 +52,11 @@ def read_checkpoint(path: Path):
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
-def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device):
+def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, path):
     def to_device(tensors):
         return tensors and {k: v.to(device) for k, v in tensors.items()}
 
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
     optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
     if lookahead and ckpt["lookahead"]:
         lookahead.load_state_dict({"average": to_device(ckpt["lookahead"]["average"])})

@@ -228,18 +228,21 @@ def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFr
 
 
 def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) -> pd.DataFrame:
-    rows = []
+    def wanted(path: Path) -> bool:
+        return path.suffix.lower() in IMAGE_EXTS and (ext is None or path.suffix.lstrip(".") == ext.lstrip("."))
+
+    rows, loose = [], 0
     for entry in sorted(part.image_dir.iterdir()):
         if entry.is_dir():
             for img in sorted(entry.iterdir()):
-                if img.suffix.lower() in IMAGE_EXTS and (ext is None or img.suffix.lstrip(".") == ext.lstrip(".")):
+                if wanted(img):
                     image_id = img.name if ext is None else img.stem
                     rows.append((image_id, str(img), entry.name, part.source, f"{entry.name}/{img.name}"))
-        elif entry.suffix.lower() in IMAGE_EXTS:
+        elif wanted(entry):
+            loose += 1
             problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))
     if not rows:
         only = f" with extension {ext}" if ext else ""
-        loose = sum(1 for entry in part.image_dir.iterdir() if entry.suffix.lower() in IMAGE_EXTS)
         hint = (f": its {loose} images are not in class folders; write their labels to a CSV (columns id,label, "
                 f"e.g. from the file names) and pass it with --train-csv") if loose else ""
         raise CompError(f"{part.image_dir}: no class sub-folders with images{only} found{hint}")

@@ -98,7 +98,8 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         raise CompError(f"--folds {opts.folds}: need at least 2 folds")
     if opts.size is not None and opts.size < 1:
         raise CompError(f"--size {opts.size}: need a side length in pixels (e.g. 32), or leave it out "
-                        f"for the default (the most common side, at most {cache_mod.DEFAULT_MAX_SIZE})")
+                        f"for the default (the most common side, or the median of mixed sizes, at most "
+                        f"{cache_mod.DEFAULT_MAX_SIZE})")
     workdir = Path(opts.workdir).resolve()
     out = folds_dir(workdir)  # also finishes a switch a killed prepare began
     removed = staging.remove_stale(out, out / "cache", workdir / "data")
@@ -121,6 +122,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
     size, size_reason = (opts.size, "--size") if opts.size else cache_mod.choose_size(train["size"])
+    _warn_size_change(workdir, out, size)
     # Everything is written under a staging folder and switched in at the end (comp/staging.py),
     # so a failed or killed prepare leaves the previous preparation whole.
     with staging.Staging(out) as stage:
@@ -172,6 +174,26 @@ def _warn_split_change(out: Path, opts: PrepareOptions) -> None:
         print(f"note: --seed {opts.seed} --folds {opts.folds} differ from the previous preparation's "
               f"(--seed {previous.get('seed')} --folds {previous.get('folds')}): runs trained on its split "
               f"will be unusable (counted before the switch; Ctrl-C now keeps everything as it is)")
+
+
+def _warn_size_change(workdir: Path, out: Path, size: int) -> None:
+    """Early word that runs trained at the previous preparation's side cannot predict the new cache."""
+    try:
+        previous = read_json(out / "prepare.json").get("image_size")
+    except (OSError, ValueError):
+        return
+    if previous in (None, size):
+        return
+    trained = set()
+    for config in runs_root(workdir).glob("*/fold*/config.json"):
+        try:
+            if read_json(config).get("img_size") == previous:
+                trained.add(config.parent.parent.name)
+        except (OSError, ValueError):
+            continue
+    runs = f": runs {', '.join(sorted(trained))} were trained at {previous}px and will not predict on it" if trained else ""
+    print(f"note: images will be cached at {size}px, the previous preparation's at {previous}px{runs} "
+          f"(`--size {previous}` keeps the previous side; Ctrl-C now keeps everything as it is)")
 
 
 def _runs_invalidated(workdir: Path, out: Path, new_split: str) -> list[str]:
@@ -277,6 +299,7 @@ def _summary(opts, layout, train, test, label_map: LabelMap, problems, size, dup
         "label_hash": label_map.hash,
         "images_per_class": {c: int(per_class.get(c, 0)) for c in label_map.classes},
         "sizes_seen": {f"{w}x{h}": n for (w, h), n in Counter(train["size"]).most_common(10)},
+        "distinct_sizes": len(set(train["size"])),  # more than sizes_seen lists: photos of mixed sizes
         "modes_seen": dict(Counter(train["mode"]).most_common()),
         "scaled_to_8_bits": {m: cache_mod.DEEP_MODES[m] for m in set(train["mode"]) if m in cache_mod.DEEP_MODES},
         "class_names_with_outer_spaces": [c for c in label_map.classes if c != c.strip()],

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import ensemble
 from .cache import load_rgb, scan_headers
+from .checkpoint import load_weights
 from .data import IMAGE_EXTS
 from .feed import Images, predict_logits
 from .io import CompError, write_csv, write_npz
@@ -86,7 +87,7 @@ class Bundle:
         state = torch.load(self.root / fold["file"], map_location="cpu", weights_only=True)
         model = create_model(run["arch"], num_classes=run["num_classes"], in_chans=3, img_size=run["img_size"],
                              **run["model_kwargs"])
-        model.load_state_dict(state)  # bf16 tensors (--half) are copied into the fp32 parameters
+        load_weights(model, state, self.root / fold["file"])  # bf16 tensors (--half) are copied into fp32
         return model.to(self.device).to(memory_format=torch.channels_last).eval()
 
     @property
@@ -171,6 +172,8 @@ class Bundle:
         sizes, modes, _ = scan_headers(paths, "checking headers")
         seen_sizes, seen_modes = set(decode["sizes_seen"]), set(decode["modes_seen"])
         odd_sizes = Counter(f"{s[0]}x{s[1]}" for s in sizes if s and f"{s[0]}x{s[1]}" not in seen_sizes)
+        if (decode.get("distinct_sizes") or 0) > len(seen_sizes):  # mixed sizes in training: every one is resized
+            odd_sizes = Counter()
         odd_modes = Counter(m for m in modes if m and m not in seen_modes)
         if odd_sizes or odd_modes:
             print(f"note: {_some(odd_sizes, 'size')}{' and ' if odd_sizes and odd_modes else ''}"
@@ -269,4 +272,5 @@ def _some(counts: Counter, what: str, shown: int = 3) -> str:
         return ""
     listed = ", ".join(f"{k}: {n}" for k, n in counts.most_common(shown))
     more = ", ..." if len(counts) > shown else ""
-    return f"{sum(counts.values())} images of {len(counts)} {what}s ({listed}{more})"
+    images, kinds = sum(counts.values()), len(counts)
+    return f"{images} image{'s' * (images != 1)} of {kinds} {what}{'s' * (kinds != 1)} ({listed}{more})"

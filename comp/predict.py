@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .checkpoint import load_weights
 from .folds import load_prepared, split_fingerprint
 from .io import CompError, read_json, write_json, write_npz, write_text
 from .models import create_model
@@ -75,12 +76,15 @@ def _stored_views(src, tta: str):
 
 
 def _predict_with_model(prepared, src, config, in_fold, tta, device_name, batch_size):
+    if config["img_size"] != prepared.image_size:
+        raise CompError(f"{src}: trained on {config['img_size']}px images, folds/ now holds {prepared.image_size}px: "
+                        f"prepare again with --size {config['img_size']}, or train the run again")
     device = pick_device(device_name)
     precision = pick_precision(config.get("precision", "auto"), device)
     checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
     model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
                          img_size=config["img_size"], **config.get("model_kwargs", {}))
-    model.load_state_dict(checkpoint["state_dict"])
+    load_weights(model, checkpoint["state_dict"], src / "model.pt")
     model = model.to(device).to(memory_format=torch.channels_last)
     # The images come the way the run was trained on them (runs from before --loader: the cache).
     loader = resolve_loader(config.get("loader", "cache"), prepared.has_cache, f"run {src} (trained from the cache)")

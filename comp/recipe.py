@@ -7,7 +7,8 @@ from the data, updated by the command line. `plan()` does that merge, once, for 
 
 What the planner derives from the data (`DataShape`: image size, training images, classes):
   arch        fastnet (airbench94's net) up to 48px; above, fastnet_s2d, which folds f x f pixel
-              blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at about 32px cost;
+              blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at 32px resolution (about
+              1.4x the 32px net's multiply-adds: a wider first layer);
               with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
               whose recipe epochs fit at the speed timed on this machine (budget_arch)
   batch       the recipe's, but at most one 40th of the training images (at least 16): a short
@@ -157,7 +158,7 @@ def default_arch(shape: DataShape) -> tuple[str, dict, str]:
     fold = 2 ** int(math.log2(shape.image_size / REFERENCE_SIZE))
     return ("fastnet_s2d", {"space_to_depth": fold},
             f"{shape.image_size}px: {fold}x{fold} pixel blocks folded into channels, so it runs at "
-            f"{shape.image_size // fold}px cost")
+            f"{shape.image_size // fold}px resolution")
 
 
 # With --budget and no --arch the planner climbs this ladder (airbench94's net, then 95's, then

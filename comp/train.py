@@ -319,7 +319,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     ckpt = run_on_main(read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
     if ckpt:
         run_on_main(check_resumable, ckpt.get("config", {}), config, out)
-        state, best_weights = load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device)
+        state, best_weights = load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, out / "checkpoint.pt")
         state.setdefault("total_steps", config["total_steps"])  # checkpoints from before --budget
         state.setdefault("planned", True)  # a resumed run keeps its plan (one killed before it: plans now)
         config.update({k: ckpt["config"][k] for k in ("epochs", "tta", "total_steps") if k in ckpt["config"]})

@@ -147,8 +147,19 @@ def test_other_sizes_and_modes_are_converted_like_prepare(bundle, tmp_path, caps
     write_image(images / "12.png", np.kron(rgb, np.ones((2, 2, 1), np.uint8)), mode="L")  # 32x32, greyscale
     monkeypatch.chdir(tmp_path)
     assert main(["infer", str(out), "--images", str(images), "--out", "s.csv"]) == 0
-    assert "never seen in training" in capsys.readouterr().out
+    assert "note: 1 image of 1 size (32x32: 1) and 1 image of 1 mode (L: 1) never seen in training" \
+        in capsys.readouterr().out
     assert len(pd.read_csv("s.csv")) == 11
+
+
+def test_the_note_on_unseen_sizes_lists_three():
+    from collections import Counter
+
+    from comp.infer import _some
+
+    sizes = Counter({"640x480": 5, "320x240": 2, "800x600": 1, "100x90": 1})
+    assert _some(sizes, "size") == "9 images of 4 sizes (640x480: 5, 320x240: 2, 800x600: 1, ...)"
+    assert _some(Counter(), "mode") == ""
 
 
 def test_empty_folder_and_ids_without_images(bundle, tmp_path, capsys, monkeypatch):

@@ -182,20 +182,42 @@ def test_fastnet_s2d_on_large_images_keeps_the_48_directions_of_most_variance():
     half = model.whiten.out_channels // 2
     out = F.conv2d(folded, model.whiten.weight[:half]).permute(0, 2, 3, 1).reshape(-1, half)
     assert ((out.T @ out / out.shape[0]) - torch.eye(half)).abs().max() < 0.05
+    # the kept rows are the covariance's top 48 eigenvectors, in order: each captures its eigenvalue
+    patches = folded.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 192).double()
+    cov = patches.T @ patches / patches.shape[0]
+    top = torch.linalg.eigvalsh(cov).flip(0)[:half]
+    rows = model.whiten.weight[:half].reshape(half, -1).double()
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    captured = ((rows @ cov) * rows).sum(1)
+    torch.testing.assert_close(captured, top, rtol=1e-3, atol=1e-6)
     macs_64 = count_macs(create_model("fastnet_s2d", img_size=64), 3, 64)
     assert count_macs(model, 3, 128) < 1.2 * macs_64  # without the cap: 2.4x
 
 
 @pytest.mark.parametrize("size", [75, 99, 363])
 def test_fastnet_s2d_pads_a_side_its_fold_does_not_divide(size):
-    """--size 75 folds by 2 and 363 by 8: the edge is repeated up to the next multiple, not a crash."""
-    model = create_model("fastnet_s2d", img_size=size).eval()
-    assert size % model.space_to_depth != 0
+    """The planner folds 75px by 2 and 363px by 8: the edge is repeated up to the next multiple, not a crash."""
+    from comp.recipe import DataShape, default_arch
+
+    arch, kwargs, _ = default_arch(DataShape(size, 100, NUM_CLASSES))
+    model = create_model(arch, img_size=size, **kwargs).eval()
+    assert arch == "fastnet_s2d" and size % model.space_to_depth != 0
+    if size == 363:  # 768 patch directions, 48 kept
+        assert model.space_to_depth == 8 and model.whiten.out_channels == 96
     images = torch.rand(2, 3, size, size)
     model.init_from_data(images)
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+
+
+def test_weights_of_another_net_are_refused_by_name():
+    from comp.checkpoint import load_weights
+    from comp.io import CompError
+
+    state = create_model("fastnet", img_size=32).state_dict()
+    with pytest.raises(CompError, match=r"old/model.pt: the saved weights do not fit .*size mismatch.*train the run again"):
+        load_weights(create_model("fastnet_l", img_size=32), state, "old/model.pt")
 
 
 def test_fastnet_freezes_whitening_bias_after_epoch_3():

@@ -104,7 +104,7 @@ def test_overrides_for_unusual_names(tmp_path, workdir):
     assert len(load_prepared(workdir).folds) == 30
 
 
-def test_modes_and_sizes_are_normalised(tmp_path, workdir):
+def test_modes_and_sizes_are_normalised(tmp_path, workdir, capsys):
     root = tmp_path / "modes"
     make_competition(root, "cifar", per_class=4)
     rng = np.random.default_rng(1)
@@ -116,8 +116,10 @@ def test_modes_and_sizes_are_normalised(tmp_path, workdir):
     assert set(summary["modes_seen"]) == {"RGB", "L", "RGBA", "P"}
     assert summary["sizes_seen"]["24x24"] == 1
     assert load_prepared(workdir).train_images.shape[1:] == (16, 16, 3)
+    capsys.readouterr()
     run_prepare(root, workdir, folds=2, size=8)
     assert load_prepared(workdir).train_images.shape[1:] == (8, 8, 3)
+    assert "note: images will be cached at 8px, the previous preparation's at 16px" in capsys.readouterr().out
 
 
 def test_default_size_is_the_common_side_or_the_median_of_mixed_ones_at_most_128():
@@ -127,7 +129,8 @@ def test_default_size_is_the_common_side_or_the_median_of_mixed_ones_at_most_128
     side, why = choose_size([(50 + 3 * i, 40) for i in range(20)])  # photos: every size different
     assert side == 64 and why.startswith("sizes are mixed: the median longer side (78.5px)")
     side, why = choose_size([(512, 384)] * 3)
-    assert side == 128 and "`--size 512`" in why and "16x the cost" in why
+    assert side == 128 and "`--size 512` keeps the detail, with 16.0x the pixels" in why
+    assert choose_size([(80, 80), (72, 72), (88, 88)])[0] == 96  # a median of 80: halves round up
     side, _ = choose_size([(20, 12), (24, 30), (33, 33)])  # mixed and tiny: at least one step
     assert side == 32
 

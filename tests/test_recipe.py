@@ -51,7 +51,7 @@ def test_plan_for_12_classes_of_200_images_and_for_128px():
     tiny = planned(32, 300, 3)
     assert tiny["batch_size"] == 16  # never below MIN_BATCH
     large = planned(128, 20_000, 5)
-    assert (large["arch"], large["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 4})  # 32px cost
+    assert (large["arch"], large["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 4})  # 32px resolution
     assert large["aug"] == "altflip,translate:8"
 
 

@@ -20,8 +20,9 @@ so the head again sees a 3x3 map and the receptive field matches the image.
 
 fastnet_s2d (for 64px and up) instead folds each 2x2 block of pixels into channels first
 (pixel_unshuffle: 64x64x3 -> 32x32x12, nothing lost) and whitens 2x2 patches of that, i.e.
-4x4 pixel patches at stride 2: the network then runs at 32px cost (about a third of the
-4-group net's FLOPs at 64px) while still seeing every pixel. Below 64px it does not fold.
+4x4 pixel patches at stride 2: the network then runs at 32px resolution (about 1.4x the 32px
+net's multiply-adds, a third of the 4-group net's at 64px) while still seeing every pixel.
+Below 64px it does not fold.
 Larger images fold f x f blocks (f = 4 at 128px); the whitening then keeps the 48 patch
 directions of most variance (MAX_WHITEN_DIRECTIONS), so the first group stays 64px-sized, and
 a side f does not divide is padded by repeating its edge.
@@ -222,7 +223,7 @@ def fastnet_xl(num_classes, in_chans, img_size, **kw):
 
 
 @register_model(
-    description="fastnet for 64px+: 2x2 pixel blocks folded into channels first, so it runs at 32px cost",
+    description="fastnet for 64px+: 2x2 pixel blocks folded into channels first, so it runs at 32px resolution",
     recipe=FASTNET_RECIPE,
 )
 def fastnet_s2d(num_classes, in_chans, img_size, **kw):
