@@ -105,7 +105,8 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     removed = staging.remove_stale(out, out / "cache", workdir / "data")
     if removed:
         print(f"removed {len(removed)} staging file(s)/folder(s) left by killed prepares")
-    _warn_split_change(out, opts)
+    previous = _previous_summary(out)
+    _warn_split_change(previous, opts)
     root = open_competition(opts.data, workdir)
     layout = detect_layout(root, overrides)
     print(layout.describe())
@@ -122,7 +123,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
     size, size_reason = (opts.size, "--size") if opts.size else cache_mod.choose_size(train["size"])
-    _warn_size_change(workdir, out, size)
+    _warn_size_change(workdir, previous, size)
     # Everything is written under a staging folder and switched in at the end (comp/staging.py),
     # so a failed or killed prepare leaves the previous preparation whole.
     with staging.Staging(out) as stage:
@@ -164,33 +165,37 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     return summary
 
 
-def _warn_split_change(out: Path, opts: PrepareOptions) -> None:
-    """Early word, before the long decode, that another --seed/--folds makes a new split."""
+def _previous_summary(out: Path) -> dict:
+    """The prepare.json this preparation replaces ({} where there is none, or it is unreadable)."""
     try:
-        previous = read_json(out / "prepare.json")
+        return read_json(out / "prepare.json")
     except (OSError, ValueError):
-        return
-    if (previous.get("seed"), previous.get("folds")) != (opts.seed, opts.folds):
+        return {}
+
+
+def _run_configs(workdir: Path):
+    """(path, config) of every trained run fold's config.json that can be read."""
+    for path in sorted(runs_root(workdir).glob("*/fold*/config.json")):
+        try:
+            yield path, read_json(path)
+        except (OSError, ValueError):
+            continue
+
+
+def _warn_split_change(previous: dict, opts: PrepareOptions) -> None:
+    """Early word, before the long decode, that another --seed/--folds makes a new split."""
+    if previous and (previous.get("seed"), previous.get("folds")) != (opts.seed, opts.folds):
         print(f"note: --seed {opts.seed} --folds {opts.folds} differ from the previous preparation's "
               f"(--seed {previous.get('seed')} --folds {previous.get('folds')}): runs trained on its split "
               f"will be unusable (counted before the switch; Ctrl-C now keeps everything as it is)")
 
 
-def _warn_size_change(workdir: Path, out: Path, size: int) -> None:
+def _warn_size_change(workdir: Path, previous_summary: dict, size: int) -> None:
     """Early word that runs trained at the previous preparation's side cannot predict the new cache."""
-    try:
-        previous = read_json(out / "prepare.json").get("image_size")
-    except (OSError, ValueError):
-        return
+    previous = previous_summary.get("image_size")
     if previous in (None, size):
         return
-    trained = set()
-    for config in runs_root(workdir).glob("*/fold*/config.json"):
-        try:
-            if read_json(config).get("img_size") == previous:
-                trained.add(config.parent.parent.name)
-        except (OSError, ValueError):
-            continue
+    trained = {path.parent.parent.name for path, config in _run_configs(workdir) if config.get("img_size") == previous}
     runs = f": runs {', '.join(sorted(trained))} were trained at {previous}px and will not predict on it" if trained else ""
     print(f"note: images will be cached at {size}px, the previous preparation's at {previous}px{runs} "
           f"(`--size {previous}` keeps the previous side; Ctrl-C now keeps everything as it is)")
@@ -203,13 +208,8 @@ def _runs_invalidated(workdir: Path, out: Path, new_split: str) -> list[str]:
     old_split = split_fingerprint(pd.read_csv(out / "folds.csv", dtype=str, keep_default_na=False))
     if old_split == new_split:
         return []
-    lost = []
-    for config in sorted(runs_root(workdir).glob("*/fold*/config.json")):
-        try:
-            if read_json(config).get("folds_fingerprint") == old_split:
-                lost.append(str(config.parent.relative_to(workdir)))
-        except (OSError, ValueError):
-            continue
+    lost = [str(path.parent.relative_to(workdir)) for path, config in _run_configs(workdir)
+            if config.get("folds_fingerprint") == old_split]
     if lost:
         print(f"warning: the new fold split makes {len(lost)} trained run fold(s) unusable (their out-of-fold "
               f"rows would include training rows): {', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}; "
