@@ -1,0 +1,123 @@
+"""The training command's configuration: every flag of `comp train`, and the recipe resolved from it.
+
+A value left None is the planner's (comp/recipe.py): `TrainConfig.resolved` fills each one in for the
+fold's data, checks it, and keeps its reason in `plan`; `plan_table` prints them (`comp train --plan`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from .augment import parse_aug, pixel_params
+from .feed import default_workers, resolve_loader
+from .folds import Prepared
+from .io import CompError
+from .recipe import RECIPE_FIELDS, DataShape, Plan, plan
+
+
+@dataclass
+class TrainConfig:
+    arch: str | None  # None: the planner's choice for the data (comp/recipe.py)
+    fold: int
+    name: str | None = None
+    workdir: str = "."
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    loader: str = "auto"  # cache | albu (image files, DataLoader workers); auto: cache when prepared with one
+    workers: int | None = None  # albu DataLoader workers (None: min(4, CPUs))
+    resume: bool = False
+    force: bool = False
+    eval_batch_size: int = 1024
+    val_every: int | None = None  # validate every N epochs (0: only at the end); None: the planner's
+    model_kwargs: dict = field(default_factory=dict)
+    tuned_on: dict | None = None  # --params: the comp tune study (and its fold) the recipe came from
+    budget: float | None = None  # seconds for this fold (or, before train() splits it, for all folds)
+    budget_started: float | None = None  # time.monotonic() when the budget began (None: at train())
+    plan: dict = field(default_factory=dict)  # resolved: each recipe value's reason
+    arch_reason: str | None = None  # why arch was chosen, when the budget chose it (with_budget_arch)
+    # recipe: None means "the planner's value" (comp/recipe.py)
+    epochs: float | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    schedule: str | None = None
+    bias_lr_scale: float | None = None
+    ema: bool | None = None
+    aug: str | None = None
+    tta: str | None = None
+    patience: int | None = None
+    grad_clip: float | None = None
+    muon_lr: float | None = None  # --optimizer muon: the conv filters' lr (lr is the head's and biases')
+    muon_momentum: float | None = None  # --optimizer muon: the conv filters' momentum
+
+    def resolved(self, n_train: int, img_size: int, has_cache: bool = True, num_classes: int = 10) -> "TrainConfig":
+        """Every unset recipe value filled in by the planner, checked; `plan` holds the reasons."""
+        given = {key: getattr(self, key) for key in RECIPE_FIELDS + ("val_every",)}
+        if self.budget and self.epochs is not None:
+            raise CompError("--epochs and --budget both set the length of training: give one of them")
+        if self.budget is not None and not self.budget > 0:
+            raise CompError(f"--budget {self.budget}: must be a positive duration")
+        try:
+            planned = plan(DataShape(img_size, n_train, num_classes), given, self.arch, self.model_kwargs,
+                           self.budget, self.arch_reason)
+        except ValueError as exc:
+            raise CompError(f"--arch: {exc}") from None
+        values = {**{f.name: getattr(self, f.name) for f in fields(self)}, **planned.values, "plan": planned.reasons}
+        values["name"] = self.name or values["arch"].replace("/", "_")
+        try:
+            augment = parse_aug(values["aug"])
+        except ValueError as exc:
+            raise CompError(f"--aug: {exc}") from None
+        values["aug"] = augment.describe()
+        for op, pixels in pixel_params(augment).items():
+            if pixels >= img_size:
+                raise CompError(f"--aug {op}:{pixels}: must be smaller than the {img_size}px images")
+        for key in ("epochs", "lr", "batch_size", "muon_lr"):
+            if not values[key] > 0 or not math.isfinite(values[key]):
+                raise CompError(f"--{key.replace('_', '-')} {values[key]}: must be a positive number")
+        values["loader"] = resolve_loader(self.loader, has_cache)
+        values["workers"] = default_workers() if self.workers is None else self.workers
+        if not isinstance(values["val_every"], int) or values["val_every"] < 0:
+            raise CompError(f"--val-every {values['val_every']}: need 0 (only after the last epoch) "
+                            f"or a whole number of epochs")
+        if not isinstance(values["patience"], int) or values["patience"] < 0:
+            raise CompError(f"--patience {values['patience']}: need 0 (off) or a whole number of epochs")
+        if not values["grad_clip"] >= 0:
+            raise CompError(f"--grad-clip {values['grad_clip']}: need 0 (off) or a positive norm")
+        if values["workers"] < 0:
+            raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
+        return TrainConfig(**values)
+
+    def plan_table(self) -> str:
+        """The resolved recipe, one value a line with its reason (`comp train --plan`)."""
+        keys = ("arch", "model_kwargs", "batch_size", "epochs", "optimizer", "lr", "muon_lr", "momentum",
+                "muon_momentum", "weight_decay", "bias_lr_scale", "label_smoothing", "schedule", "ema", "aug",
+                "tta", "val_every", "patience", "grad_clip")
+        if self.optimizer != "muon":
+            keys = tuple(k for k in keys if not k.startswith("muon"))
+        values = {k: getattr(self, k) for k in keys}
+        if self.budget:  # the recipe's epochs are only provisional until the first steps are timed
+            values["epochs"] = "fitted"
+        return Plan(values, self.plan).table()
+
+
+def data_shape(prepared: Prepared, fold: int) -> DataShape:
+    """What the planner sees of fold `fold`'s training data."""
+    n_train = int((prepared.folds.fold.to_numpy() != fold).sum())
+    return DataShape(prepared.image_size, n_train, prepared.label_map.num_classes)
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
