@@ -171,9 +171,9 @@ class Bundle:
         decode = self.spec["decode"]
         sizes, modes, _ = scan_headers(paths, "checking headers")
         seen_sizes, seen_modes = set(decode["sizes_seen"]), set(decode["modes_seen"])
-        odd_sizes = Counter(f"{s[0]}x{s[1]}" for s in sizes if s and f"{s[0]}x{s[1]}" not in seen_sizes)
-        if (decode.get("distinct_sizes") or 0) > len(seen_sizes):  # mixed sizes in training: every one is resized
-            odd_sizes = Counter()
+        mixed = (decode.get("distinct_sizes") or 0) > len(seen_sizes)  # mixed sizes in training: all resized
+        odd_sizes = Counter() if mixed else Counter(f"{s[0]}x{s[1]}" for s in sizes
+                                                    if s and f"{s[0]}x{s[1]}" not in seen_sizes)
         odd_modes = Counter(m for m in modes if m and m not in seen_modes)
         if odd_sizes or odd_modes:
             print(f"note: {_some(odd_sizes, 'size')}{' and ' if odd_sizes and odd_modes else ''}"
