@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .recipe import PIXEL_OPS, REFERENCE_SIZE
+
 
 # ----------------------------------------------------------------------------- randomness
 # Random numbers are drawn on the generator's device (a CPU generator cannot fill a CUDA
@@ -323,9 +325,6 @@ def _memory_format(x):
     return torch.contiguous_format
 
 
-# Ops whose parameter is a length in pixels: it must stay below the image size.
-PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")
-
 
 def pixel_params(augment: "BatchAugment") -> dict:
     return {n: p for n, p in augment.ops.items() if n in PIXEL_OPS}
@@ -377,10 +376,17 @@ TTA_MODES = ("none", "flip", "flip+shift")  # each mode's views start with the n
 TTA_WEIGHTS = {"none": (1.0,), "flip": (0.5, 0.5), "flip+shift": (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
 
 
-def tta_views(x, mode="flip"):
+def tta_shift(side: int) -> int:
+    """flip+shift's shift in px: airbench's 1 px per 32 px of side (2 at 64px, one pixel of the 2x2-folded
+    net): the shift moves the same share of the image at every size."""
+    return max(1, side // REFERENCE_SIZE)
+
+
+def tta_views(x, mode="flip", shift=None):
     """[(weight, view)] whose weighted LOGITS the caller averages; weights sum to 1.
     'flip+shift' is airbench's scheme: original and mirror at 0.25 each, plus both of them
-    shifted one pixel up-left and down-right (reflect pad 1, then crop) at 0.125 each."""
+    shifted `shift` px up-left and down-right (reflect pad, then crop) at 0.125 each;
+    the shift grows with the image (tta_shift) unless given."""
     if mode not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(TTA_MODES)}")
     weights = TTA_WEIGHTS[mode]
@@ -390,9 +396,10 @@ def tta_views(x, mode="flip"):
     views = [x, x.flip(-1).contiguous(memory_format=fmt)]
     if mode == "flip+shift":
         H, W = x.shape[-2:]
+        s = shift or tta_shift(min(H, W))
         for img in views[:2]:
-            padded = F.pad(img, (1, 1, 1, 1), mode="reflect")
-            for off in (0, 2):  # crop offset 0 = shift (-1,-1), offset 2 = shift (+1,+1)
+            padded = F.pad(img, (s, s, s, s), mode="reflect")
+            for off in (0, 2 * s):  # crop offset 0 = shift (-s,-s), offset 2s = shift (+s,+s)
                 views.append(padded[..., off:off + H, off:off + W].contiguous(memory_format=fmt))
     return list(zip(weights, views))
 

@@ -76,6 +76,15 @@ def _stored_views(src, tta: str):
 
 
 def _predict_with_model(prepared, src, config, in_fold, tta, device_name, batch_size):
+    model, feed, precision = fold_model_and_feed(prepared, src, config, in_fold, device_name, batch_size)
+    oof_logits = feed.predict(model, "val", tta, precision, "predict oof")
+    test_logits = feed.predict(model, "test", tta, precision, "predict test")
+    return oof_logits, test_logits
+
+
+def fold_model_and_feed(prepared, src, config, in_fold, device_name="auto", batch_size=1024):
+    """A trained fold's model (eval mode, on the device) and a feed of its held-out and test images,
+    normalised as it was trained; and the precision to run it in."""
     if config["img_size"] != prepared.image_size:
         raise CompError(f"{src}: trained on {config['img_size']}px images, folds/ now holds {prepared.image_size}px: "
                         f"prepare again with --size {config['img_size']}, or train the run again")
@@ -90,6 +99,4 @@ def _predict_with_model(prepared, src, config, in_fold, tta, device_name, batch_
     loader = resolve_loader(config.get("loader", "cache"), prepared.has_cache, f"run {src} (trained from the cache)")
     feed = make_feed(loader, prepared, device, stats=(config["mean"], config["std"]), val_rows=np.flatnonzero(in_fold),
                      batch_size=config["batch_size"], eval_batch_size=batch_size)
-    oof_logits = feed.predict(model, "val", tta, precision, "predict oof")
-    test_logits = feed.predict(model, "test", tta, precision, "predict test")
-    return oof_logits, test_logits
+    return model.eval(), feed, precision

@@ -52,6 +52,9 @@ REFERENCE_SIZE = 32  # the px the fastnet recipes' shifts were written for
 # 0.0 on the same folds, and translate 16 less than 12 on fold 0 (BENCHMARKS.md, issue 9).
 SCARCE_PER_CLASS = 500
 SCARCE_SHIFT_FACTOR = 3.0
+# Aug ops whose parameter is a length in pixels: scaled with the image here, and kept below the
+# image's side by comp/augment.py (which imports this list: recipe.py stays free of torch).
+PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")
 
 
 def airbench_lr_wd(lr_hyp: float, wd_hyp: float = 0.0153, momentum: float = KILOSTEP_MOMENTUM,
@@ -229,7 +232,7 @@ def scaled_aug(aug: str | None, image_size: int, shift_factor: float = 1.0) -> s
     out = []
     for op in aug.split(","):
         name, _, value = op.partition(":")
-        if name in ("translate", "translate_wrap", "crop", "cutout") and value:
+        if name in PIXEL_OPS and value:
             factor = image_size / REFERENCE_SIZE * (shift_factor if name != "cutout" else 1.0)
             value = str(max(1, round(int(value) * factor)))
         out.append(f"{name}:{value}" if value else name)
