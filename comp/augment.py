@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .recipe import PIXEL_OPS, REFERENCE_SIZE
+from .recipe import PIXEL_OPS
 
 
 # ----------------------------------------------------------------------------- randomness
@@ -376,17 +376,12 @@ TTA_MODES = ("none", "flip", "flip+shift")  # each mode's views start with the n
 TTA_WEIGHTS = {"none": (1.0,), "flip": (0.5, 0.5), "flip+shift": (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
 
 
-def tta_shift(side: int) -> int:
-    """flip+shift's shift in px: airbench's 1 px per 32 px of side (2 at 64px, one pixel of the 2x2-folded
-    net): the shift moves the same share of the image at every size."""
-    return max(1, side // REFERENCE_SIZE)
-
-
-def tta_views(x, mode="flip", shift=None):
+def tta_views(x, mode="flip", shift=1):
     """[(weight, view)] whose weighted LOGITS the caller averages; weights sum to 1.
     'flip+shift' is airbench's scheme: original and mirror at 0.25 each, plus both of them
-    shifted `shift` px up-left and down-right (reflect pad, then crop) at 0.125 each;
-    the shift grows with the image (tta_shift) unless given."""
+    shifted `shift` px up-left and down-right (reflect pad, then crop) at 0.125 each. 1 px at
+    every size: on tiny100 (64px, 5 folds) 2 and 4 px scored within 0.1 point of it
+    (scripts/bench_tta.py, BENCHMARKS.md)."""
     if mode not in TTA_MODES:
         raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(TTA_MODES)}")
     weights = TTA_WEIGHTS[mode]
@@ -396,10 +391,9 @@ def tta_views(x, mode="flip", shift=None):
     views = [x, x.flip(-1).contiguous(memory_format=fmt)]
     if mode == "flip+shift":
         H, W = x.shape[-2:]
-        s = shift or tta_shift(min(H, W))
         for img in views[:2]:
-            padded = F.pad(img, (s, s, s, s), mode="reflect")
-            for off in (0, 2 * s):  # crop offset 0 = shift (-s,-s), offset 2s = shift (+s,+s)
+            padded = F.pad(img, (shift,) * 4, mode="reflect")
+            for off in (0, 2 * shift):  # crop offset 0 = shift (-s,-s), offset 2s = shift (+s,+s)
                 views.append(padded[..., off:off + H, off:off + W].contiguous(memory_format=fmt))
     return list(zip(weights, views))
 

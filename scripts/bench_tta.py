@@ -6,7 +6,7 @@ Each complete fold's saved model predicts its held-out images once per view: pla
 both of them shifted by -s and +s px on each axis for every s of --shifts (comp.augment.tta_views,
 reflect padding). No retraining, so every row below comes from the same weights. Prints one result
 line: OOF accuracy and macro-F1 over all the run's held-out images without TTA, with flip, and
-with flip+shift at each shift, and the shift comp now picks for this image size.
+with flip+shift at each shift (comp's flip+shift shifts 1 px).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from comp.augment import TTA_WEIGHTS, tta_shift, tta_views  # noqa: E402
+from comp.augment import TTA_WEIGHTS, tta_views  # noqa: E402
 from comp.feed import autocast  # noqa: E402
 from comp.folds import load_prepared  # noqa: E402
 from comp.io import read_json  # noqa: E402
@@ -73,8 +73,8 @@ def main() -> None:
     for key, value in logits.items():
         s = scores(np.concatenate(value), y, prepared.label_map.num_classes)
         parts.append(f"{key} {s['accuracy']:.4f} / {s['macro_f1']:.4f}")
-    print(f"tta shift {args.run} ({len(folds)} folds, {len(y)} held-out images, {prepared.image_size}px; "
-          f"comp picks {tta_shift(prepared.image_size)}px): OOF accuracy / macro-F1: " + ", ".join(parts))
+    print(f"tta shift {args.run} ({len(folds)} folds, {len(y)} held-out images, {prepared.image_size}px): "
+          f"OOF accuracy / macro-F1: " + ", ".join(parts))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comp.augment import AUGMENTATIONS, TTA_MODES, default_aug, parse_aug, tta_shift, tta_views
+from comp.augment import AUGMENTATIONS, TTA_MODES, default_aug, parse_aug, tta_views
 from comp.augment_albu import AlbuImageDataset, build_albu_transform
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -230,16 +230,13 @@ def test_tta_views(mode, n):
         tta_views(x, "bogus")
 
 
-def test_tta_shift_grows_with_the_image():
-    """1 px per 32 px of side, as airbench's 1 px at 32px: 2 px at 64px (one pixel of the 2x2-folded net)."""
-    assert [tta_shift(side) for side in (8, 32, 48, 64, 96, 128)] == [1, 1, 1, 2, 3, 4]
+def test_tta_views_shift():
     img = torch.rand(3, 64, 64)
-    views = tta_views(img[None].contiguous(memory_format=torch.channels_last), "flip+shift")
+    views = tta_views(img[None].contiguous(memory_format=torch.channels_last), "flip+shift", shift=2)
     padded = F.pad(img[None], (2,) * 4, mode="reflect")[0]
     assert torch.equal(views[2][1][0], padded[:, :64, :64])  # up-left by 2
     assert torch.equal(views[3][1][0], padded[:, 4:, 4:])  # down-right by 2
-    explicit = tta_views(img[None], "flip+shift", shift=1)
-    assert torch.equal(explicit[3][1][0], F.pad(img[None], (1,) * 4, mode="reflect")[0][:, 2:, 2:])
+    assert torch.equal(views[5][1][0], padded.flip(-1)[:, 4:, 4:])  # the mirror, down-right by 2
 
 
 # ----------------------------------------------------------------------------- albumentations
