@@ -42,15 +42,16 @@ def test_plan_for_64px_100_classes():
     p = plan(DataShape(64, 12_000, 100), {})
     v = p.values
     assert (v["arch"], v["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 2})
-    assert v["batch_size"] == 296 and v["aug"] == "altflip,translate:12"  # scaled with the image, tripled:
-    assert p.reasons["aug"] == "fastnet_s2d's recipe, shift scaled to 64px, x3 for 120 images a class"  # scarce
+    assert v["batch_size"] == 296  # scarce data: the shift scaled with the image and tripled, colour added
+    assert v["aug"] == "altflip,translate:12,contrast:0.2,jitter:0.1"
+    assert p.reasons["aug"] == "fastnet_s2d's recipe, shift scaled to 64px, x3 and colour for 120 images a class"
     assert v["muon_lr"] == pytest.approx(0.24 * math.sqrt(296 / 2000))
 
 
 def test_plan_for_12_classes_of_200_images_and_for_128px():
     small = planned(32, 1_920, 12)  # 12 x 200 images, 5 folds: 1,920 to train on
     assert small["arch"] == "fastnet" and small["batch_size"] == 48
-    assert small["aug"] == "altflip,translate:6"  # 160 images a class: the shift tripled
+    assert small["aug"] == "altflip,translate:6,contrast:0.2,jitter:0.1"  # 160 images a class: scarce
     tiny = planned(32, 300, 3)
     assert tiny["batch_size"] == 16  # never below MIN_BATCH
     large = planned(128, 20_000, 5)
