@@ -325,7 +325,6 @@ def _memory_format(x):
     return torch.contiguous_format
 
 
-
 def pixel_params(augment: "BatchAugment") -> dict:
     return {n: p for n, p in augment.ops.items() if n in PIXEL_OPS}
 
