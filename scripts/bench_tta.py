@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from comp.augment import TTA_WEIGHTS, tta_views  # noqa: E402
+from comp.augment import combine_views, tta_views  # noqa: E402
 from comp.feed import autocast  # noqa: E402
 from comp.folds import load_prepared  # noqa: E402
 from comp.io import read_json  # noqa: E402
@@ -38,14 +38,11 @@ def fold_views(prepared, src: Path, shifts) -> tuple[dict, np.ndarray]:
     out = {}
     for x in feed.eval_batches("val"):
         with autocast(device, precision):
-            plain, flipped = (model(v).float() for _, v in tta_views(x, "flip"))
-            batch = {"none": plain, "flip": (plain + flipped) / 2}
+            unshifted = [model(v).float() for _, v in tta_views(x, "flip")]  # plain, mirrored
+            batch = {mode: combine_views(unshifted, mode) for mode in ("none", "flip")}
             for s in shifts:
-                views = tta_views(x, "flip+shift", shift=s)[2:]  # the four shifted ones
-                shifted = [model(v).float() for _, v in views]
-                weights = TTA_WEIGHTS["flip+shift"]
-                batch[f"flip+shift {s}px"] = weights[0] * (plain + flipped) + sum(
-                    w * v for w, v in zip(weights[2:], shifted))
+                shifted = [model(v).float() for _, v in tta_views(x, "flip+shift", shift=s)[2:]]
+                batch[f"flip+shift {s}px"] = combine_views(unshifted + shifted, "flip+shift")
         for key, logits in batch.items():
             out.setdefault(key, []).append(logits.cpu().numpy())
     y = prepared.label_map.encode(list(prepared.folds.label[in_fold]))
