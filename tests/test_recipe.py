@@ -17,7 +17,7 @@ from comp.cli import main
 from comp.folds import load_prepared
 from comp.io import CompError
 from comp.predict import predict_run
-from comp.recipe import FASTNET_RECIPE, TRAIN_SHARE, DataShape, budget_arch, parse_budget, plan
+from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, TRAIN_SHARE, DataShape, budget_arch, parse_budget, plan
 from comp.train import TrainConfig, train, train_fold
 
 
@@ -45,7 +45,8 @@ def test_plan_for_64px_100_classes():
     assert v["batch_size"] == 296  # scarce data: the shift scaled with the image and tripled, colour added
     assert v["aug"] == "altflip,translate:12,contrast:0.2,jitter:0.1"
     assert p.reasons["aug"] == "fastnet_s2d's recipe, shift scaled to 64px, x3 and colour for 120 images a class"
-    assert v["muon_lr"] == pytest.approx(0.24 * math.sqrt(296 / 2000))
+    assert v["muon_lr"] == MUON_LR_FLOOR  # the sqrt rule's 0.092, raised to the floor
+    assert p.reasons["muon_lr"] == "rescaled from 0.24 at batch 2000, not below 0.15"
 
 
 def test_plan_for_12_classes_of_200_images_and_for_128px():
