@@ -49,7 +49,9 @@ MIN_BATCH = 16
 # Muon's filter lr is rescaled by sqrt of the batch ratio, but not below this: on CIFAR-10 at batch
 # 1000 the sqrt rule's 0.17 beat 0.24 and 0.12, while on tiny100 at batch 296 its 0.092 scored below
 # 0.15 on folds 0 and 1 (+0.7, +0.9 macro-F1 points; -0.15 on fold 2) and 0.24 below both
-# (BENCHMARKS.md, issue 9): with 1,000 steps a run, steps much smaller than airbench's under-train.
+# (BENCHMARKS.md, issue 9). A likely reason: those runs take about 1,000 steps, and steps much smaller
+# than airbench's (0.24 over about 200) under-train. Measured down to batch 296 only; smaller batches
+# (under about 12,000 training images) get the floor too, untested.
 MUON_LR_FLOOR = 0.15
 REFERENCE_SIZE = 32  # the px the fastnet recipes' shifts were written for
 # Under SCARCE_PER_CLASS training images a class the recipe's shifts are tripled: the net overfits
