@@ -36,6 +36,7 @@ def test_plan_for_cifar_like_data():
     assert (v["aug"], v["tta"], v["val_every"], v["epochs"]) == ("altflip,translate:2", "flip+shift", 0, 8)
     assert "40000 images / 40 steps an epoch" in p.reasons["batch_size"]
     assert "nothing reads it" in p.reasons["val_every"]
+    assert v["ema"] is False  # 4,000 images a class: no lookahead
 
 
 def test_plan_for_64px_100_classes():
@@ -47,12 +48,15 @@ def test_plan_for_64px_100_classes():
     assert p.reasons["aug"] == "fastnet_s2d's recipe, shift scaled to 64px, x3 and colour for 120 images a class"
     assert v["muon_lr"] == MUON_LR_FLOOR  # the sqrt rule's 0.092, raised to the floor
     assert p.reasons["muon_lr"] == "rescaled from 0.24 at batch 2000, not below 0.15"
+    assert v["ema"] is True and p.reasons["ema"] == "lookahead for 120 images a class"
+    assert plan(DataShape(64, 12_000, 100), {"ema": False}).values["ema"] is False  # --ema off wins
 
 
 def test_plan_for_12_classes_of_200_images_and_for_128px():
     small = planned(32, 1_920, 12)  # 12 x 200 images, 5 folds: 1,920 to train on
     assert small["arch"] == "fastnet" and small["batch_size"] == 48
     assert small["aug"] == "altflip,translate:6,contrast:0.2,jitter:0.1"  # 160 images a class: scarce
+    assert small["ema"] is True
     tiny = planned(32, 300, 3)
     assert tiny["batch_size"] == 16  # never below MIN_BATCH
     large = planned(128, 20_000, 5)
