@@ -20,7 +20,7 @@ What the planner derives from the data (`DataShape`: image size, training images
               SCARCE_PER_CLASS images a class the shift tripled and colour ops added; nothing else: on
               120 images a class (tiny100, 12E) none of cutout, cutmix, zoom, label smoothing 0.1 or the
               wider fastnet_l_s2d scored above the plain recipe (BENCHMARKS.md, issue 9)
-  ema         the recipe's; under SCARCE_PER_CLASS images a class, lookahead weight averaging on
+  ema         the recipe's; with Muon and under SCARCE_PER_CLASS images a class, lookahead on
   val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
   epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py); all at
               the image's size: progressive resizing (24 -> 32px, 12 epochs) scored 0.4 points below
@@ -67,8 +67,8 @@ SCARCE_SHIFT_FACTOR = 3.0
 SCARCE_COLOUR_AUG = "contrast:0.2,jitter:0.1"
 # ... and lookahead weight averaging (`ema`) is switched on: on tiny100 at 12E it scored +0.6, +1.15
 # and +1.1 macro-F1 points over the plan without it on folds 0-2. On CIFAR-10 (4,000 a class, 10E) it
-# scored 0.3 below, one run: averaging pays where the net overfits (BENCHMARKS.md, issue 9). Only
-# recipes that name their own aug (the fastnet family) get these three; the others are untested here.
+# scored 0.3 below, one run: averaging pays where the net overfits (BENCHMARKS.md, issue 9). Measured
+# with Muon only (fastnet, fastnet_s2d), so only Muon recipes get it: the Adam/AdamW nets are untested.
 # Aug ops whose parameter is a length in pixels: scaled with the image here, and kept below the
 # image's side by comp/augment.py (which imports this list: recipe.py stays free of torch).
 PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")
@@ -284,7 +284,7 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
             why = [f"shift scaled to {shape.image_size}px"] if shape.image_size != REFERENCE_SIZE else []
             why += [f"x{SCARCE_SHIFT_FACTOR:g} and colour for {shape.per_class:.0f} images a class"] if scarce else []
             values["aug"], reasons["aug"] = aug, f"{arch}'s recipe, {', '.join(why)}"
-        if scarce and not recipe["ema"]:
+        if scarce and (given.get("optimizer") or recipe["optimizer"]) == "muon" and not recipe["ema"]:
             values["ema"], reasons["ema"] = True, f"lookahead for {shape.per_class:.0f} images a class"
     batch = given.get("batch_size") or planned_batch(recipe["batch_size"], shape.n_train)
     if batch != recipe["batch_size"]:

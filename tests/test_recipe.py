@@ -50,6 +50,8 @@ def test_plan_for_64px_100_classes():
     assert p.reasons["muon_lr"] == "rescaled from 0.24 at batch 2000, not below 0.15"
     assert v["ema"] is True and p.reasons["ema"] == "lookahead for 120 images a class"
     assert plan(DataShape(64, 12_000, 100), {"ema": False}).values["ema"] is False  # --ema off wins
+    assert plan(DataShape(64, 12_000, 100), {}, arch="simple_cnn").values["ema"] is False  # Adam: untested
+    assert plan(DataShape(64, 12_000, 100), {"optimizer": "adamw"}).values["ema"] is False
 
 
 def test_plan_for_12_classes_of_200_images_and_for_128px():
