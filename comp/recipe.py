@@ -8,7 +8,7 @@ from the data, updated by the command line. `plan()` does that merge, once, for 
 What the planner derives from the data (`DataShape`: image size, training images, classes):
   arch        fastnet (airbench94's net) up to 48px; above, fastnet_s2d, which folds f x f pixel
               blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at 32px resolution (about
-              1.4x the 32px net's multiply-adds: a wider first layer);
+              1.1x the 32px net's multiply-adds: a wider first layer);
               with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
               whose recipe epochs fit at the speed timed on this machine (budget_arch)
   batch       the recipe's, but at most one 40th of the training images (at least 16): a short
@@ -18,9 +18,11 @@ What the planner derives from the data (`DataShape`: image size, training images
               below MUON_LR_FLOOR)
   aug         the recipe's shift scaled to the image (translate:2 at 32px is 4 at 64px); under
               SCARCE_PER_CLASS images a class the shift tripled and colour ops added; nothing else: on
-              120 images a class (tiny100, 12E) none of cutout, cutmix, zoom, label smoothing 0.1 or the
-              wider fastnet_l_s2d scored above the plain recipe (BENCHMARKS.md, issue 9)
+              120 images a class (tiny100, 12E) none of cutout, cutmix, mixup, zoom, label smoothing 0.1
+              or 0.3, Muon momentum 0.8 or the wider fastnet_l_s2d scored above the plain recipe
+              (BENCHMARKS.md, issue 9)
   ema         the recipe's; with Muon and under SCARCE_PER_CLASS images a class, lookahead on
+  schedule    the recipe's; with Muon and under SCARCE_PER_CLASS images a class, linear becomes cosine
   val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
   epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py); all at
               the image's size: progressive resizing (24 -> 32px, 12 epochs) scored 0.4 points below
@@ -69,6 +71,10 @@ SCARCE_COLOUR_AUG = "contrast:0.2,jitter:0.1"
 # and +1.1 macro-F1 points over the plan without it on folds 0-2. On CIFAR-10 (4,000 a class, 10E) it
 # scored 0.3 below, one run: averaging pays where the net overfits (BENCHMARKS.md, issue 9). Measured
 # with Muon only (fastnet, fastnet_s2d), so only Muon recipes get it: the Adam/AdamW nets are untested.
+# ... and a Muon recipe's linear decay becomes cosine (longer near the peak lr, a slower end). On
+# tiny100 at 12E cosine alone scored +0.5 macro-F1 points on fold 0; with the whitening cut to 24
+# directions (comp/models/fastnet.py) the two scored +1.7, +0.3 and +0.5 over the plan without them
+# on folds 0-2, each pair in the same sitting (BENCHMARKS.md, issue 9). Not measured on CIFAR-10.
 # Aug ops whose parameter is a length in pixels: scaled with the image here, and kept below the
 # image's side by comp/augment.py (which imports this list: recipe.py stays free of torch).
 PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")
@@ -284,8 +290,12 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
             why = [f"shift scaled to {shape.image_size}px"] if shape.image_size != REFERENCE_SIZE else []
             why += [f"x{SCARCE_SHIFT_FACTOR:g} and colour for {shape.per_class:.0f} images a class"] if scarce else []
             values["aug"], reasons["aug"] = aug, f"{arch}'s recipe, {', '.join(why)}"
-        if scarce and (given.get("optimizer") or recipe["optimizer"]) == "muon" and not recipe["ema"]:
-            values["ema"], reasons["ema"] = True, f"lookahead for {shape.per_class:.0f} images a class"
+        if scarce and (given.get("optimizer") or recipe["optimizer"]) == "muon":
+            why = f"for {shape.per_class:.0f} images a class"
+            if not recipe["ema"]:
+                values["ema"], reasons["ema"] = True, f"lookahead {why}"
+            if recipe["schedule"] == "linear":
+                values["schedule"], reasons["schedule"] = "cosine", f"cosine decay {why}"
     batch = given.get("batch_size") or planned_batch(recipe["batch_size"], shape.n_train)
     if batch != recipe["batch_size"]:
         values["batch_size"] = batch

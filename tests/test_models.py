@@ -171,18 +171,20 @@ def test_fastnet_whitening_init_from_data():
     assert torch.equal(w[12:], -w[:12])
 
 
-def test_fastnet_s2d_on_large_images_keeps_the_48_directions_of_most_variance():
-    """A 4x4 fold (128px) has 192 patch directions; the whitening keeps the 48 of most variance,
+def test_fastnet_s2d_keeps_the_24_directions_of_most_variance():
+    """A 4x4 fold (128px) has 192 patch directions; the whitening keeps the 24 of most variance,
     still whitened (unit second moment) and ordered, so the first group is the 64px net's size."""
     images = _correlated_images(n=64, size=128)
     model = create_model("fastnet_s2d", img_size=128, space_to_depth=4)
-    assert model.space_to_depth == 4 and model.whiten.out_channels == 96
+    assert model.space_to_depth == 4 and model.whiten.out_channels == 48
+    assert create_model("fastnet_s2d", img_size=64).whiten.out_channels == 48  # 24 of the 2x2 fold's 48
+    assert create_model("fastnet", img_size=32).whiten.out_channels == 24  # all 12 of a 32px image's
     model.init_from_data(images)
     folded = model._fold(images)
     half = model.whiten.out_channels // 2
     out = F.conv2d(folded, model.whiten.weight[:half]).permute(0, 2, 3, 1).reshape(-1, half)
     assert ((out.T @ out / out.shape[0]) - torch.eye(half)).abs().max() < 0.05
-    # the kept rows are the covariance's top 48 eigenvectors, in order: each captures its eigenvalue
+    # the kept rows are the covariance's top 24 eigenvectors, in order: each captures its eigenvalue
     patches = folded.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 192).double()
     cov = patches.T @ patches / patches.shape[0]
     top = torch.linalg.eigvalsh(cov).flip(0)[:half]
@@ -202,8 +204,8 @@ def test_fastnet_s2d_pads_a_side_its_fold_does_not_divide(size):
     arch, kwargs, _ = default_arch(DataShape(size, 100, NUM_CLASSES))
     model = create_model(arch, img_size=size, **kwargs).eval()
     assert arch == "fastnet_s2d" and size % model.space_to_depth != 0
-    if size == 363:  # 768 patch directions, 48 kept
-        assert model.space_to_depth == 8 and model.whiten.out_channels == 96
+    if size == 363:  # 768 patch directions, 24 kept
+        assert model.space_to_depth == 8 and model.whiten.out_channels == 48
     images = torch.rand(2, 3, size, size)
     model.init_from_data(images)
     with torch.no_grad():

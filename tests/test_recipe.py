@@ -36,7 +36,7 @@ def test_plan_for_cifar_like_data():
     assert (v["aug"], v["tta"], v["val_every"], v["epochs"]) == ("altflip,translate:2", "flip+shift", 0, 8)
     assert "40000 images / 40 steps an epoch" in p.reasons["batch_size"]
     assert "nothing reads it" in p.reasons["val_every"]
-    assert v["ema"] is False  # 4,000 images a class: no lookahead
+    assert v["ema"] is False and v["schedule"] == "linear"  # 4,000 images a class: no lookahead, the recipe's decay
 
 
 def test_plan_for_64px_100_classes():
@@ -49,9 +49,12 @@ def test_plan_for_64px_100_classes():
     assert v["muon_lr"] == MUON_LR_FLOOR  # the sqrt rule's 0.092, raised to the floor
     assert p.reasons["muon_lr"] == "rescaled from 0.24 at batch 2000, not below 0.15"
     assert v["ema"] is True and p.reasons["ema"] == "lookahead for 120 images a class"
+    assert v["schedule"] == "cosine" and p.reasons["schedule"] == "cosine decay for 120 images a class"
     assert plan(DataShape(64, 12_000, 100), {"ema": False}).values["ema"] is False  # --ema off wins
-    assert plan(DataShape(64, 12_000, 100), {}, arch="simple_cnn").values["ema"] is False  # Adam: untested
-    assert plan(DataShape(64, 12_000, 100), {"optimizer": "adamw"}).values["ema"] is False
+    assert plan(DataShape(64, 12_000, 100), {"schedule": "linear"}).values["schedule"] == "linear"
+    for untested in (plan(DataShape(64, 12_000, 100), {}, arch="simple_cnn"),  # Adam
+                     plan(DataShape(64, 12_000, 100), {"optimizer": "adamw"})):
+        assert untested.values["ema"] is False and untested.values["schedule"] != "cosine"
 
 
 def test_plan_for_12_classes_of_200_images_and_for_128px():
