@@ -74,7 +74,8 @@ SCARCE_COLOUR_AUG = "contrast:0.2,jitter:0.1"
 # ... and a Muon recipe's linear decay becomes cosine (longer near the peak lr, a slower end). On
 # tiny100 at 12E cosine alone scored +0.5 macro-F1 points on fold 0; with the whitening cut to 24
 # directions (comp/models/fastnet.py) the two scored +1.7, +0.3 and +0.5 over the plan without them
-# on folds 0-2, each pair in the same sitting (BENCHMARKS.md, issue 9). Not measured on CIFAR-10.
+# on folds 0-2, each pair in the same sitting; the planner's own fold-0 run then scored +0.2, so fold
+# 0's +1.7 was mostly noise (BENCHMARKS.md, issue 9). Not measured on CIFAR-10.
 # Aug ops whose parameter is a length in pixels: scaled with the image here, and kept below the
 # image's side by comp/augment.py (which imports this list: recipe.py stays free of torch).
 PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")

@@ -47,8 +47,8 @@ NULL_DIRECTION_RTOL = torch.finfo(torch.float32).eps
 # a 2x2-folded RGB image's 2x2 patches (64px); a 4x4 fold (128px) has 192, an 8x8 fold (256px) 768.
 # The first group's conv takes twice this many channels and is a third of the 64px net's cost with
 # all 48: keeping 24 trains 18% faster, and on tiny100 at 12E the extra epochs scored +0.6 macro-F1
-# points on fold 0, and +1.7, +0.3, +0.5 on folds 0-2 with the planner's cosine decay (BENCHMARKS.md,
-# issue 9). 32px RGB images have 12 directions: all kept.
+# points on fold 0, and +1.7 (a rerun: +0.2), +0.3, +0.5 on folds 0-2 with the planner's cosine decay
+# (BENCHMARKS.md, issue 9). 32px RGB images have 12 directions: all kept.
 MAX_WHITEN_DIRECTIONS = 24
 
 
