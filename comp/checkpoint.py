@@ -57,6 +57,10 @@ def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, path):
         return tensors and {k: v.to(device) for k, v in tensors.items()}
 
     load_weights(model, ckpt["model"], path)
+    trained = {id(p) for p in model.parameters()}
+    if any(id(p) not in trained for group in optimizer.param_groups for p in group["params"]):
+        raise CompError(f"{path}: the checkpoint's net is an older comp's (fastnet's whitening was wider then): "
+                        f"its weights still predict, but training cannot resume; --force to start over")
     optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
     if lookahead and ckpt["lookahead"]:
         lookahead.load_state_dict({"average": to_device(ckpt["lookahead"]["average"])})

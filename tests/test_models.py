@@ -384,3 +384,28 @@ def test_fastnet_whitening_of_grayscale_stored_as_rgb_trains_in_bf16():
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
         assert math.isfinite(loss.item()) and grad_norm < 100, (loss.item(), grad_norm.item())
         optimizer.step()
+
+
+def test_fastnet_loads_weights_of_a_run_whose_whitening_kept_48_directions(monkeypatch, tmp_path):
+    """Runs trained before MAX_WHITEN_DIRECTIONS was 24 still predict the same; they refuse to resume."""
+    from comp import checkpoint
+    from comp.io import CompError
+    from comp.optim import Lookahead, Plateau, build_optimizer
+    import comp.models.fastnet as fastnet_module
+
+    images = _correlated_images(n=8, size=64)
+    monkeypatch.setattr(fastnet_module, "MAX_WHITEN_DIRECTIONS", 48)
+    old = create_model("fastnet_s2d", img_size=64).eval()
+    old.init_from_data(images)
+    monkeypatch.undo()
+    new = create_model("fastnet_s2d", img_size=64).eval()
+    assert (old.whiten.out_channels, new.whiten.out_channels) == (96, 48)
+    optimizer = build_optimizer(new, "muon", 0.1, 0.0, 0.85, 1.0, 0.1, 0.6)
+    ckpt = {"model": old.state_dict(), "optimizer": optimizer.state_dict()}
+    with pytest.raises(CompError, match="cannot resume"):
+        checkpoint.load_checkpoint(ckpt, new, optimizer, Lookahead(new), Plateau(), "cpu", tmp_path / "checkpoint.pt")
+    new = create_model("fastnet_s2d", img_size=64).eval()
+    checkpoint.load_weights(new, old.state_dict(), tmp_path / "model.pt")
+    assert new.whiten.out_channels == 96 and new.groups[0].conv1.in_channels == 96
+    with torch.no_grad():
+        torch.testing.assert_close(new(images), old(images))

@@ -128,11 +128,8 @@ class FastNet(nn.Module):
         in_chans, img_size = in_chans * space_to_depth**2, img_size // space_to_depth
         extra_groups = max(0, int(math.log2(img_size / 32)))  # 0 below 64px
         widths = tuple(widths) + (widths[-1],) * extra_groups
-        self.whiten_directions = min(in_chans * 2 * 2, MAX_WHITEN_DIRECTIONS)
-        whiten_width = 2 * self.whiten_directions  # +/- each kept patch eigenvector
-        self.whiten = nn.Conv2d(in_chans, whiten_width, kernel_size=2, padding=0, bias=True)
-        self.whiten.weight.requires_grad = False
-        nn.init.zeros_(self.whiten.bias)
+        self._build_whitening(in_chans, min(in_chans * 2 * 2, MAX_WHITEN_DIRECTIONS))
+        whiten_width = self.whiten.out_channels
         self.activ = nn.GELU()
         groups, c_in = [], whiten_width
         for width in widths:
@@ -143,6 +140,27 @@ class FastNet(nn.Module):
         self.head = nn.Linear(c_in, num_classes, bias=False)
         self.scaling_factor = scaling_factor
         self.whiten_bias_epochs = whiten_bias_epochs
+
+    def _build_whitening(self, in_chans: int, directions: int) -> None:
+        self.whiten_directions = directions
+        # +/- each kept patch eigenvector; the weight is set from the data, never trained
+        self.whiten = nn.Conv2d(in_chans, 2 * directions, kernel_size=2, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        nn.init.zeros_(self.whiten.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Runs trained when the whitening kept 48 directions (before MAX_WHITEN_DIRECTIONS was 24) still
+        # predict and export: the whitening and the first conv are rebuilt at the saved width. They
+        # cannot resume (comp/checkpoint.py): the optimizer holds the replaced parameters.
+        saved = state_dict.get(prefix + "whiten.weight")
+        if saved is not None and saved.shape[1:] == self.whiten.weight.shape[1:] \
+                and saved.shape[0] != self.whiten.out_channels:
+            device = self.whiten.weight.device
+            self._build_whitening(saved.shape[1], saved.shape[0] // 2)
+            first = self.groups[0]
+            first.conv1 = Conv(saved.shape[0], first.conv1.out_channels)
+            self.whiten.to(device), first.conv1.to(device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = WHITEN_EPS, chunk: int = 512):
