@@ -74,8 +74,8 @@ SCARCE_COLOUR_AUG = "contrast:0.2,jitter:0.1"
 # ... and a Muon recipe's linear decay becomes cosine (longer near the peak lr, a slower end). On
 # tiny100 at 12E cosine alone scored +0.5 macro-F1 points on fold 0; with the whitening cut to 24
 # directions (comp/models/fastnet.py) the two scored +1.7, +0.3 and +0.5 over the plan without them
-# on folds 0-2, each pair in the same sitting; the planner's own fold-0 run then scored +0.2, so fold
-# 0's +1.7 was mostly noise (BENCHMARKS.md, issue 9). Not measured on CIFAR-10.
+# on folds 0-2, each pair in the same sitting; the planner's own fold-0 runs then scored +0.2 and +0.5,
+# so fold 0's +1.7 was mostly noise (BENCHMARKS.md, issue 9). Not measured on CIFAR-10.
 # Aug ops whose parameter is a length in pixels: scaled with the image here, and kept below the
 # image's side by comp/augment.py (which imports this list: recipe.py stays free of torch).
 PIXEL_OPS = ("translate", "translate_wrap", "crop", "cutout")
@@ -285,18 +285,18 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
         values["aug"], reasons["aug"] = default_aug(shape.n_train, shape.image_size), "default for the data size"
     else:
         scarce = shape.per_class < SCARCE_PER_CLASS
+        scarce_why = f"for {shape.per_class:.0f} images a class"  # every scarce-data reason ends so
         aug = scaled_aug(recipe["aug"], shape.image_size, SCARCE_SHIFT_FACTOR if scarce else 1.0)
         aug = f"{aug},{SCARCE_COLOUR_AUG}" if scarce else aug
         if aug != recipe["aug"]:
             why = [f"shift scaled to {shape.image_size}px"] if shape.image_size != REFERENCE_SIZE else []
-            why += [f"x{SCARCE_SHIFT_FACTOR:g} and colour for {shape.per_class:.0f} images a class"] if scarce else []
+            why += [f"x{SCARCE_SHIFT_FACTOR:g} and colour {scarce_why}"] if scarce else []
             values["aug"], reasons["aug"] = aug, f"{arch}'s recipe, {', '.join(why)}"
         if scarce and (given.get("optimizer") or recipe["optimizer"]) == "muon":
-            why = f"for {shape.per_class:.0f} images a class"
             if not recipe["ema"]:
-                values["ema"], reasons["ema"] = True, f"lookahead {why}"
+                values["ema"], reasons["ema"] = True, f"lookahead {scarce_why}"
             if recipe["schedule"] == "linear":
-                values["schedule"], reasons["schedule"] = "cosine", f"cosine decay {why}"
+                values["schedule"], reasons["schedule"] = "cosine", f"cosine decay {scarce_why}"
     batch = given.get("batch_size") or planned_batch(recipe["batch_size"], shape.n_train)
     if batch != recipe["batch_size"]:
         values["batch_size"] = batch

@@ -47,7 +47,7 @@ NULL_DIRECTION_RTOL = torch.finfo(torch.float32).eps
 # a 2x2-folded RGB image's 2x2 patches (64px); a 4x4 fold (128px) has 192, an 8x8 fold (256px) 768.
 # The first group's conv takes twice this many channels and is a third of the 64px net's cost with
 # all 48: keeping 24 trains 18% faster, and on tiny100 at 12E the extra epochs scored +0.6 macro-F1
-# points on fold 0, and +1.7 (a rerun: +0.2), +0.3, +0.5 on folds 0-2 with the planner's cosine decay
+# points on fold 0, and +1.7 (reruns: +0.2, +0.5), +0.3, +0.5 on folds 0-2 with the planner's cosine decay
 # (BENCHMARKS.md, issue 9). 32px RGB images have 12 directions: all kept.
 MAX_WHITEN_DIRECTIONS = 24
 
@@ -129,9 +129,8 @@ class FastNet(nn.Module):
         extra_groups = max(0, int(math.log2(img_size / 32)))  # 0 below 64px
         widths = tuple(widths) + (widths[-1],) * extra_groups
         self._build_whitening(in_chans, min(in_chans * 2 * 2, MAX_WHITEN_DIRECTIONS))
-        whiten_width = self.whiten.out_channels
         self.activ = nn.GELU()
-        groups, c_in = [], whiten_width
+        groups, c_in = [], self.whiten.out_channels
         for width in widths:
             groups.append(ConvGroup(c_in, width, bn_momentum, depth))
             c_in = width
@@ -159,7 +158,8 @@ class FastNet(nn.Module):
             self._build_whitening(saved.shape[1], saved.shape[0] // 2)
             first = self.groups[0]
             first.conv1 = Conv(saved.shape[0], first.conv1.out_channels)
-            self.whiten.to(device), first.conv1.to(device)
+            self.whiten.to(device)
+            first.conv1.to(device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
