@@ -13,7 +13,7 @@ import torch
 from .io import CompError, save_torch
 
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
-               "schedule", "bias_lr_scale", "ema", "aug", "grad_clip", "muon_lr", "muon_momentum", "model_kwargs",
+               "schedule", "bias_lr_scale", "ema", "ema_decay", "aug", "grad_clip", "muon_lr", "muon_momentum", "model_kwargs",
                "img_size", "loader", "label_hash", "folds_fingerprint")
 
 

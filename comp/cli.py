@@ -34,7 +34,7 @@ def _train_config(args, fold):
         model_kwargs["adapt"] = False
     recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
-                                            "patience", "grad_clip", "muon_lr", "muon_momentum")}
+                                            "patience", "grad_clip", "muon_lr", "muon_momentum", "ema_decay")}
     ema = {"on": True, "off": False}.get(args.ema)
     tuned_on = None
     if getattr(args, "params", None) or getattr(args, "params_from", None):
@@ -201,6 +201,8 @@ def _add_train_args(p):
                    help="lr schedule over the run (plateau: ReduceLROnPlateau on the held-out loss)")
     g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
     g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
+    g.add_argument("--ema-decay", type=float, help="lookahead: the share of the average each pull keeps, "
+                   "x (step/steps)^3 (airbench's 0.95; the planner's 0.98 for scarce data)")
     g.add_argument("--aug", help="e.g. flip,translate:2,cutout:8 ('none' for no augmentation)")
     g.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation views "
                    "(flip+shift: airbench's 6 views); every view's logits are kept")

@@ -21,7 +21,8 @@ What the planner derives from the data (`DataShape`: image size, training images
               120 images a class (tiny100, 12E) none of cutout, cutmix, mixup, zoom, label smoothing 0.1
               or 0.3, Muon momentum 0.8 or the wider fastnet_l_s2d scored above the plain recipe
               (BENCHMARKS.md, issue 9)
-  ema         the recipe's; with Muon and under SCARCE_PER_CLASS images a class, lookahead on
+  ema         the recipe's; with Muon and under SCARCE_PER_CLASS images a class, lookahead on, its average
+              over about twice airbench's window (ema_decay SCARCE_EMA_DECAY)
   schedule    the recipe's; with Muon and under SCARCE_PER_CLASS images a class, linear becomes cosine
   val_every   0 (no validation pass) unless early stopping or ReduceLROnPlateau reads it
   epochs      the recipe's, or with --budget fitted at run time to the clock (comp/budget.py); all at
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 
 # Used where neither the model's recipe nor the command line says otherwise.
 BASE_RECIPE = dict(epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=None,
-                   label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, aug=None,
+                   label_smoothing=0.1, schedule="onecycle", bias_lr_scale=1.0, ema=False, ema_decay=0.95, aug=None,
                    tta="flip", patience=0, grad_clip=0.0, muon_lr=0.24, muon_momentum=0.6)
 RECIPE_FIELDS = tuple(BASE_RECIPE)
 # Weight decay depends on the optimizer: Adam adds it to the gradient (L2), where 0.05 would
@@ -71,6 +72,11 @@ SCARCE_COLOUR_AUG = "contrast:0.2,jitter:0.1"
 # and +1.1 macro-F1 points over the plan without it on folds 0-2. On CIFAR-10 (4,000 a class, 10E) it
 # scored 0.3 below, one run: averaging pays where the net overfits (BENCHMARKS.md, issue 9). Measured
 # with Muon only (fastnet, fastnet_s2d), so only Muon recipes get it: the Adam/AdamW nets are untested.
+# ... over a longer window: each pull of the average keeps ema_decay**5 * (step/steps)**3 of it (airbench's
+# 0.95: about 22 steps at the end; 0.98: about 50). On tiny100 at 12E, 0.98 scored +0.8, -0.25 and +0.55
+# macro-F1 points over 0.95 on folds 0-2 (mean +0.4, each pair in one sitting: a small gain, near the noise
+# of one run), and 0.99 +0.1 on fold 0 (BENCHMARKS.md, issue 9).
+SCARCE_EMA_DECAY = 0.98
 # ... and a Muon recipe's linear decay becomes cosine (longer near the peak lr, a slower end). On
 # tiny100 at 12E cosine alone scored +0.5 macro-F1 points on fold 0; with the whitening cut to 24
 # directions (comp/models/fastnet.py) the two scored +1.7, +0.3 and +0.5 over the plan without them
@@ -295,6 +301,7 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
         if scarce and (given.get("optimizer") or recipe["optimizer"]) == "muon":
             if not recipe["ema"]:
                 values["ema"], reasons["ema"] = True, f"lookahead {scarce_why}"
+                values["ema_decay"], reasons["ema_decay"] = SCARCE_EMA_DECAY, f"a longer average {scarce_why}"
             if recipe["schedule"] == "linear":
                 values["schedule"], reasons["schedule"] = "cosine", f"cosine decay {scarce_why}"
     batch = given.get("batch_size") or planned_batch(recipe["batch_size"], shape.n_train)

@@ -197,7 +197,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         model.init_from_data(feed.sample(5000))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale,
                                 cfg.muon_lr, cfg.muon_momentum)
-    lookahead = Lookahead(model) if cfg.ema else None
+    lookahead = Lookahead(model, decay_base=cfg.ema_decay) if cfg.ema else None
     plateau = Plateau()
     steps_per_epoch = max(1, n_train // ctx.world_size // batch_size)  # the smallest shard's, on every rank
     step_models = StepModel(model, ctx, cfg.compile)  # DDP around the model under torchrun

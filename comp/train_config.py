@@ -51,6 +51,7 @@ class TrainConfig:
     schedule: str | None = None
     bias_lr_scale: float | None = None
     ema: bool | None = None
+    ema_decay: float | None = None  # lookahead: how much of the average each pull keeps (airbench: 0.95)
     aug: str | None = None
     tta: str | None = None
     patience: int | None = None
@@ -80,6 +81,8 @@ class TrainConfig:
         for op, pixels in pixel_params(augment).items():
             if pixels >= img_size:
                 raise CompError(f"--aug {op}:{pixels}: must be smaller than the {img_size}px images")
+        if not 0 < values["ema_decay"] < 1:
+            raise CompError(f"--ema-decay {values['ema_decay']}: need a number between 0 and 1 (airbench's is 0.95)")
         for key in ("epochs", "lr", "batch_size", "muon_lr"):
             if not values[key] > 0 or not math.isfinite(values[key]):
                 raise CompError(f"--{key.replace('_', '-')} {values[key]}: must be a positive number")
@@ -99,10 +102,12 @@ class TrainConfig:
     def plan_table(self) -> str:
         """The resolved recipe, one value a line with its reason (`comp train --plan`)."""
         keys = ("arch", "model_kwargs", "batch_size", "epochs", "optimizer", "lr", "muon_lr", "momentum",
-                "muon_momentum", "weight_decay", "bias_lr_scale", "label_smoothing", "schedule", "ema", "aug",
-                "tta", "val_every", "patience", "grad_clip")
+                "muon_momentum", "weight_decay", "bias_lr_scale", "label_smoothing", "schedule", "ema", "ema_decay",
+                "aug", "tta", "val_every", "patience", "grad_clip")
         if self.optimizer != "muon":
             keys = tuple(k for k in keys if not k.startswith("muon"))
+        if not self.ema:
+            keys = tuple(k for k in keys if k != "ema_decay")
         values = {k: getattr(self, k) for k in keys}
         if self.budget:  # the recipe's epochs are only provisional until the first steps are timed
             values["epochs"] = "fitted"

@@ -18,7 +18,7 @@ Override file (YAML or TOML), one entry per parameter; a plain value fixes the p
   optimizer: {type: categorical, choices: [adam, adamw]}
   epochs: 10
 Parameters: the recipe fields of TrainConfig (lr, batch_size, weight_decay, label_smoothing,
-epochs, momentum, optimizer, schedule, bias_lr_scale, ema, tta, patience, grad_clip, muon_lr, muon_momentum,
+epochs, momentum, optimizer, schedule, bias_lr_scale, ema, ema_decay, tta, patience, grad_clip, muon_lr, muon_momentum,
 aug)
 plus dropout, translate and cutout. translate/cutout rewrite the recipe's augmentation
 string (its shift op and cutout are replaced; flip and the rest are kept).
@@ -60,6 +60,7 @@ PARAMS = {
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "bias_lr_scale": (_number(lambda v: v > 0), "a number > 0"),
     "ema": (lambda v: isinstance(v, bool), "true or false"),
+    "ema_decay": (_number(lambda v: 0 < v < 1), "a number in (0, 1)"),
     "tta": (lambda v: v in TTA_MODES, f"one of {', '.join(TTA_MODES)}"),
     "patience": (_integer(lambda v: v >= 0), "an integer >= 0"),
     "grad_clip": (_number(lambda v: v >= 0), "a number >= 0"),

@@ -1,4 +1,4 @@
-"""Optimisers and schedules: Muon's orthogonalised steps, its parameter split, the schedules."""
+"""Optimisers and schedules: Muon's orthogonalised steps, its parameter split, the schedules, lookahead."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from comp.models import create_model
-from comp.optim import Muon, build_optimizer, lr_multiplier, orthogonalize
+from comp.optim import Lookahead, Muon, build_optimizer, lr_multiplier, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (32, 32)])
@@ -98,3 +98,20 @@ def test_muon_non_muon_groups_match_torch_sgd():
 def test_schedules(schedule, points):
     for step, value in points.items():
         assert lr_multiplier(schedule, step, 100) == pytest.approx(value, abs=1e-6)
+
+
+@pytest.mark.parametrize("decay_base", [0.95, 0.98])
+def test_lookahead_keeps_decay_base_to_the_fifth_of_the_average_at_the_end(decay_base):
+    model = torch.nn.Linear(1, 1, bias=False)
+    lookahead = Lookahead(model, every_steps=5, decay_base=decay_base)
+    model.weight.data.fill_(0.0)
+    lookahead.step(5, 10)  # the first pull only starts the average (0)
+    model.weight.data.fill_(1.0)
+    lookahead.step(10, 10)  # the last step: decay_base**5 * (10/10)**3 of the average stays
+    kept = decay_base**5
+    assert model.weight.item() == pytest.approx(1 - kept)  # and the live weights are set to it
+    model.weight.data.fill_(1.0)
+    lookahead.step(7, 10)  # between pulls nothing moves
+    assert model.weight.item() == 1.0
+    lookahead.finish_epoch()  # the epoch ends on the average
+    assert model.weight.item() == pytest.approx(1 - kept)

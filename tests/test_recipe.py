@@ -17,7 +17,7 @@ from comp.cli import main
 from comp.folds import load_prepared
 from comp.io import CompError
 from comp.predict import predict_run
-from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, TRAIN_SHARE, DataShape, budget_arch, parse_budget, plan
+from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, budget_arch, parse_budget, plan
 from comp.train import TrainConfig, train, train_fold
 
 
@@ -37,6 +37,7 @@ def test_plan_for_cifar_like_data():
     assert "40000 images / 40 steps an epoch" in p.reasons["batch_size"]
     assert "nothing reads it" in p.reasons["val_every"]
     assert v["ema"] is False and v["schedule"] == "linear"  # 4,000 images a class: no lookahead, the recipe's decay
+    assert v["ema_decay"] == 0.95  # airbench's, for a recipe that turns lookahead on
 
 
 def test_plan_for_64px_100_classes():
@@ -49,12 +50,15 @@ def test_plan_for_64px_100_classes():
     assert v["muon_lr"] == MUON_LR_FLOOR  # the sqrt rule's 0.092, raised to the floor
     assert p.reasons["muon_lr"] == "rescaled from 0.24 at batch 2000, not below 0.15"
     assert v["ema"] is True and p.reasons["ema"] == "lookahead for 120 images a class"
+    assert v["ema_decay"] == SCARCE_EMA_DECAY and p.reasons["ema_decay"] == "a longer average for 120 images a class"
+    assert plan(DataShape(64, 12_000, 100), {"ema_decay": 0.9}).values["ema_decay"] == 0.9  # --ema-decay wins
     assert v["schedule"] == "cosine" and p.reasons["schedule"] == "cosine decay for 120 images a class"
     assert plan(DataShape(64, 12_000, 100), {"ema": False}).values["ema"] is False  # --ema off wins
     assert plan(DataShape(64, 12_000, 100), {"schedule": "linear"}).values["schedule"] == "linear"
     for untested in (plan(DataShape(64, 12_000, 100), {}, arch="simple_cnn"),  # Adam
                      plan(DataShape(64, 12_000, 100), {"optimizer": "adamw"})):
         assert untested.values["ema"] is False and untested.values["schedule"] != "cosine"
+        assert untested.values["ema_decay"] == 0.95
 
 
 def test_plan_for_12_classes_of_200_images_and_for_128px():
@@ -150,6 +154,12 @@ def test_plan_flag_prints_the_table_and_trains_nothing(tmp_path, workdir, capsys
     assert not (workdir / "runs").exists()
     assert main(["train", "--plan", "--budget", "15m", "--epochs", "3"]) == 2
     assert "--epochs and --budget both set the length of training" in capsys.readouterr().err
+    assert main(["train", "--plan", "--arch", "fastnet", "--ema", "on", "--ema-decay", "0.9"]) == 0
+    assert "ema_decay        0.9                        --ema-decay" in capsys.readouterr().out
+    assert main(["train", "--plan", "--arch", "fastnet", "--ema", "off"]) == 0
+    assert "ema_decay" not in capsys.readouterr().out  # no lookahead: nothing to decay
+    assert main(["train", "--plan", "--ema-decay", "1"]) == 2
+    assert "--ema-decay 1.0: need a number between 0 and 1" in capsys.readouterr().err
 
 
 class FakeClock:
