@@ -15,6 +15,10 @@ from .io import CompError, save_torch
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
                "schedule", "bias_lr_scale", "ema", "ema_decay", "aug", "grad_clip", "muon_lr", "muon_momentum", "model_kwargs",
                "img_size", "loader", "label_hash", "folds_fingerprint")
+# What a run did before its checkpoint recorded a key: a checkpoint without the key is compared
+# as if it held this value. Without it, a run started before the key existed and resumed now
+# would silently take today's planned value (lookahead's window was fixed at 0.95 until dc65211).
+BEFORE_RECORDED = {"ema_decay": 0.95}
 
 
 def load_weights(model: torch.nn.Module, state: dict, where) -> None:
@@ -30,13 +34,16 @@ def load_weights(model: torch.nn.Module, state: dict, where) -> None:
 
 def check_resumable(saved: dict, now: dict, out: Path) -> None:
     """A resumed run must continue the same recipe on the same split, or its record would lie."""
-    # Only keys the checkpoint recorded: older checkpoints (no config, fewer keys) still resume.
+    # Keys the checkpoint recorded, and those whose value before they were recorded is known
+    # (BEFORE_RECORDED); a checkpoint without a config (the oldest) still resumes.
     # A budgeted run's epochs were fitted to the clock: the checkpoint's plan is kept instead.
+    if saved:
+        saved = {**BEFORE_RECORDED, **saved}
     keys = [k for k in RESUME_KEYS if not (k == "epochs" and saved.get("budget"))]
     changed = [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in keys if k in saved and saved[k] != now.get(k)]
     if changed:
         raise CompError(f"{out}: cannot resume with a different recipe or split ({'; '.join(changed)}); "
-                        f"resume with the original flags, or --force to start over")
+                        f"resume with flags that give the values on the left, or --force to start over")
 
 
 def save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weights, config) -> None:
@@ -59,7 +66,8 @@ def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, path):
     load_weights(model, ckpt["model"], path)
     trained = {id(p) for p in model.parameters()}
     if any(id(p) not in trained for group in optimizer.param_groups for p in group["params"]):
-        raise CompError(f"{path}: the checkpoint's net is an older comp's (fastnet's whitening was wider then): "
+        raise CompError(f"{path}: the checkpoint's optimizer holds parameters this comp's net no longer has "
+                        f"(an older comp's net, e.g. fastnet's wider whitening before 24 directions): "
                         f"its weights still predict, but training cannot resume; --force to start over")
     optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
     if lookahead and ckpt["lookahead"]:

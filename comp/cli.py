@@ -174,7 +174,7 @@ BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logit
 
 def _add_train_args(p):
     p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>; default: planned from the "
-                                  "image size (fastnet, or fastnet_s2d above 48px)")
+                                  "image size (fastnet, or fastnet_s2d_deep above 48px)")
     p.add_argument("--fold", default="0", help="fold to hold out (0..K-1) or 'all' (default 0)")
     p.add_argument("--name", help="run name (default: the arch); runs/<name>/fold<K>/")
     p.add_argument("--list-archs", action="store_true", help="list architectures with parameter counts")

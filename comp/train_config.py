@@ -104,11 +104,9 @@ class TrainConfig:
         keys = ("arch", "model_kwargs", "batch_size", "epochs", "optimizer", "lr", "muon_lr", "momentum",
                 "muon_momentum", "weight_decay", "bias_lr_scale", "label_smoothing", "schedule", "ema", "ema_decay",
                 "aug", "tta", "val_every", "patience", "grad_clip")
-        if self.optimizer != "muon":
-            keys = tuple(k for k in keys if not k.startswith("muon"))
-        if not self.ema:
-            keys = tuple(k for k in keys if k != "ema_decay")
-        values = {k: getattr(self, k) for k in keys}
+        unused = {k for k in keys if k.startswith("muon") and self.optimizer != "muon"}
+        unused |= {"ema_decay"} if not self.ema else set()
+        values = {k: getattr(self, k) for k in keys if k not in unused}
         if self.budget:  # the recipe's epochs are only provisional until the first steps are timed
             values["epochs"] = "fitted"
         return Plan(values, self.plan).table()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from comp.models import count_macs, count_params, create_model, list_models, model_info, register_model
 
 ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
-         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_xl", "fastnet_s2d", "fastnet_l_s2d"]
+         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_xl", "fastnet_s2d", "fastnet_s2d_deep", "fastnet_l_s2d"]
 RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr", "muon_momentum"}
 NUM_CLASSES = 10
@@ -203,7 +203,7 @@ def test_fastnet_s2d_pads_a_side_its_fold_does_not_divide(size):
 
     arch, kwargs, _ = default_arch(DataShape(size, 100, NUM_CLASSES))
     model = create_model(arch, img_size=size, **kwargs).eval()
-    assert arch == "fastnet_s2d" and size % model.space_to_depth != 0
+    assert arch == "fastnet_s2d_deep" and size % model.space_to_depth != 0
     if size == 363:  # 768 patch directions, 24 kept
         assert model.space_to_depth == 8 and model.whiten.out_channels == 48
     images = torch.rand(2, 3, size, size)
@@ -249,6 +249,16 @@ def test_fastnet_shapes_and_recipe():
     assert muon["aug"] == "altflip,translate:2" and muon["schedule"] == "linear" and not muon["ema"]
     assert create_model("fastnet_s2d", img_size=64).space_to_depth == 2
     assert create_model("fastnet_s2d", img_size=32).space_to_depth == 1  # below 64px: plain fastnet
+
+
+def test_fastnet_s2d_deep_is_three_convs_a_group_at_fastnet_s2ds_cost():
+    deep, plain = create_model("fastnet_s2d_deep", img_size=64), create_model("fastnet_s2d", img_size=64)
+    assert deep.space_to_depth == 2 and [g.depth for g in deep.groups] == [3, 3, 3]
+    assert [g.conv1.out_channels for g in deep.groups] == [64, 192, 192] and deep.head.in_features == 192
+    assert 0.85 < count_macs(deep, 3, 64) / count_macs(plain, 3, 64) < 1.0
+    assert model_info("fastnet_s2d_deep")["recipe"] == model_info("fastnet_s2d")["recipe"]
+    out = deep(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, NUM_CLASSES) and torch.isfinite(out).all()
 
 
 def test_fastnet_xl_is_airbench96s_net_and_recipe():

@@ -43,10 +43,10 @@ def test_plan_for_cifar_like_data():
 def test_plan_for_64px_100_classes():
     p = plan(DataShape(64, 12_000, 100), {})
     v = p.values
-    assert (v["arch"], v["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 2})
+    assert (v["arch"], v["model_kwargs"]) == ("fastnet_s2d_deep", {"space_to_depth": 2})
     assert v["batch_size"] == 296  # scarce data: the shift scaled with the image and tripled, colour added
     assert v["aug"] == "altflip,translate:12,contrast:0.2,jitter:0.1"
-    assert p.reasons["aug"] == "fastnet_s2d's recipe, shift scaled to 64px, x3 and colour for 120 images a class"
+    assert p.reasons["aug"] == "fastnet_s2d_deep's recipe, shift scaled to 64px, x3 and colour for 120 images a class"
     assert v["muon_lr"] == MUON_LR_FLOOR  # the sqrt rule's 0.092, raised to the floor
     assert p.reasons["muon_lr"] == "rescaled from 0.24 at batch 2000, not below 0.15"
     assert v["ema"] is True and p.reasons["ema"] == "lookahead for 120 images a class"
@@ -69,7 +69,7 @@ def test_plan_for_12_classes_of_200_images_and_for_128px():
     tiny = planned(32, 300, 3)
     assert tiny["batch_size"] == 16  # never below MIN_BATCH
     large = planned(128, 20_000, 5)
-    assert (large["arch"], large["model_kwargs"]) == ("fastnet_s2d", {"space_to_depth": 4})  # 32px resolution
+    assert (large["arch"], large["model_kwargs"]) == ("fastnet_s2d_deep", {"space_to_depth": 4})  # 32px
     assert large["aug"] == "altflip,translate:8"
 
 
@@ -138,7 +138,7 @@ def test_ladder_arch_times_this_machine(tmp_path):
     arch, kwargs, why = ladder_arch(shape, 1e6, 16, cpu, "fp32")
     assert (arch, kwargs) == ("fastnet_xl", {}) and "img/s" in why
     big = DataShape(64, 60, 3)  # 64px: the s2d fold goes with every net of the ladder
-    assert ladder_arch(big, 1e-3, 16, cpu, "fp32")[:2] == ("fastnet_s2d", {"space_to_depth": 2})
+    assert ladder_arch(big, 1e-3, 16, cpu, "fp32")[:2] == ("fastnet_s2d_deep", {"space_to_depth": 2})
     assert ladder_arch(big, 1e6, 16, cpu, "fp32")[:2] == ("fastnet_xl", {"space_to_depth": 2})
 
 

@@ -152,6 +152,19 @@ def test_resume_refuses_another_recipe_and_force_unmarks_first(tmp_path, workdir
         assert not is_complete(out) and not (out / "oof.npz").exists()
 
 
+def test_resume_compares_keys_older_checkpoints_lack_with_their_old_values(tmp_path):
+    """A checkpoint written before `ema_decay` was recorded ran lookahead at 0.95: resuming it
+    under a plan of 0.98 is refused, naming both values; the old value, or no config at all, resumes."""
+    from comp.checkpoint import BEFORE_RECORDED, check_resumable
+
+    before = {"arch": "fastnet_s2d", "ema": True, "lr": 0.25}  # a config from before ema_decay existed
+    with pytest.raises(CompError, match=r"ema_decay: 0\.95 -> 0\.98.*values on the left"):
+        check_resumable(before, {**before, "ema_decay": 0.98}, tmp_path)
+    check_resumable(before, {**before, "ema_decay": BEFORE_RECORDED["ema_decay"]}, tmp_path)
+    check_resumable({**before, "ema_decay": 0.98}, {**before, "ema_decay": 0.98}, tmp_path)
+    check_resumable({}, {**before, "ema_decay": 0.98}, tmp_path)  # the oldest checkpoints hold no config
+
+
 def test_runs_from_another_split_are_refused(tmp_path, workdir):
     from comp.predict import predict_run
 
