@@ -11,7 +11,8 @@ What the planner derives from the data (`DataShape`: image size, training images
               groups of three convs with a shortcut at widths 64/192/192 (about 1.1x the 32px net's
               multiply-adds; tiny100 at 12E: +1.6 and +0.6 macro-F1 on folds 0-1 over fastnet_s2d's 64/256/256);
               with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
-              whose recipe epochs fit at the speed timed on this machine (budget_arch)
+              whose recipe epochs fit at the speed timed on this machine (budget_arch); under
+              SCARCE_PER_CLASS images a class only fastnet_l_muon, once SCARCE_WIDE_EPOCHS fit
   batch       the recipe's, but at most one 40th of the training images (at least 16): a short
               schedule needs steps, and 12,000 images at batch 2000 give 6 an epoch
   lr          rescaled to the batch from the recipe's: linear for SGD and Muon's head/biases
@@ -207,6 +208,13 @@ def default_arch(shape: DataShape) -> tuple[str, dict, str]:
 # measured on this machine: a bigger net only pays once it can be trained as long as its recipe
 # says (on tiny100 at 12E the 128/384/384 net fitted 13 epochs and scored below fastnet's 30).
 ARCH_LADDER = ("fastnet", "fastnet_l", "fastnet_xl")
+# Under SCARCE_PER_CLASS images a class the ladder has one step, to the 128/384/384 net with the Muon
+# recipe the scarce-data rules below were measured with, and only once it fits SCARCE_WIDE_EPOCHS: on
+# tiny100 (120 a class, H200, a minute a fold) airbench95's SGD recipe on that net scored 3.4 macro-F1
+# points below the default net on fold 0, and the Muon one 0.7 above it at 64 epochs; on the CPU at
+# 12E the Muon one fitted 13 epochs and scored 0.5 below (BENCHMARKS.md, issue 9).
+SCARCE_ARCH_LADDER = ("fastnet", "fastnet_l_muon")
+SCARCE_WIDE_EPOCHS = 40
 TRAIN_SHARE = 0.75  # of a budget; the rest: prediction and TTA (up to a fifth), start-up, safety
 
 
@@ -214,7 +222,14 @@ def arch_ladder(shape: DataShape) -> tuple[tuple[str, ...], dict]:
     """The nets budget_arch chooses from for this data (the data's default net first) and the
     model kwargs they share (the s2d fold for 64px and up)."""
     base, kwargs, _ = default_arch(shape)
-    return (base,) + ARCH_LADDER[1:], kwargs
+    ladder = SCARCE_ARCH_LADDER if shape.per_class < SCARCE_PER_CLASS else ARCH_LADDER
+    return (base,) + ladder[1:], kwargs
+
+
+def rung_epochs(shape: DataShape, arch: str) -> float:
+    """The epochs a ladder net above the first must fit before budget_arch picks it."""
+    epochs = arch_recipe(arch)["epochs"]
+    return max(epochs, SCARCE_WIDE_EPOCHS) if shape.per_class < SCARCE_PER_CLASS else epochs
 
 
 def budget_arch(shape: DataShape, budget: float, seconds_per_image: float,
@@ -230,9 +245,9 @@ def budget_arch(shape: DataShape, budget: float, seconds_per_image: float,
     chosen, why = base, ""
     for arch, cost in relative_cost.items():
         rate = 1 / (seconds_per_image * cost)
-        fits, needs = train_seconds * rate / shape.n_train, arch_recipe(arch)["epochs"]
+        fits, needs = train_seconds * rate / shape.n_train, rung_epochs(shape, arch)
         if arch != base and fits < needs:
-            return chosen, f"{why}; {arch} would fit {fits:.1f} of its recipe's {needs:g} epochs"
+            return chosen, f"{why}; {arch} would fit {fits:.1f} of the {needs:g} epochs it needs"
         chosen = arch
         why = f"{fits:.0f} epochs fit in {TRAIN_SHARE:.0%} of the budget at {rate:.0f} img/s"
         why += " (measured here)" if arch == base else f" ({cost:.1f}x {base}'s multiply-adds)"

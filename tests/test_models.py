@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from comp.models import count_macs, count_params, create_model, list_models, model_info, register_model
 
 ARCHS = ["custom_cnn", "simple_cnn", "vgg_cnn", "vgg16", "resnet18", "resnet50", "custom_effnet",
-         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_xl", "fastnet_s2d", "fastnet_s2d_deep", "fastnet_l_s2d"]
+         "mobilenetv3_small", "squeezenet", "fastnet", "fastnet_l", "fastnet_l_muon", "fastnet_xl", "fastnet_s2d", "fastnet_s2d_deep", "fastnet_l_s2d"]
 RECIPE_KEYS = {"epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "label_smoothing", "schedule", "bias_lr_scale", "ema", "aug", "tta", "patience", "muon_lr", "muon_momentum"}
 NUM_CLASSES = 10

@@ -17,7 +17,7 @@ from comp.cli import main
 from comp.folds import load_prepared
 from comp.io import CompError
 from comp.predict import predict_run
-from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, budget_arch, parse_budget, plan
+from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, arch_ladder, budget_arch, parse_budget, plan
 from comp.train import TrainConfig, train, train_fold
 
 
@@ -122,32 +122,47 @@ def test_the_budget_picks_the_largest_net_whose_recipe_epochs_fit():
     epoch = 40_000 * per_image  # 50 s
     arch, why = budget_arch(cifar, 10 * epoch, per_image, COSTS)  # 10E: 7.5 epochs of fastnet fit
     assert arch == "fastnet" and "8 epochs fit in 75% of the budget at 800 img/s (measured here)" in why
-    assert "fastnet_l would fit 2.9 of its recipe's 15 epochs" in why
+    assert "fastnet_l would fit 2.9 of the 15 epochs it needs" in why
     arch, why = budget_arch(cifar, 15 * 2.55 * epoch / TRAIN_SHARE, per_image, COSTS)
     assert arch == "fastnet_l" and "15 epochs fit" in why and "(2.5x fastnet's multiply-adds)" in why
-    assert "fastnet_xl would fit 10.0 of its recipe's 45 epochs" in why
+    assert "fastnet_xl would fit 10.0 of the 45 epochs it needs" in why
     gpu = 1 / 200_000  # an H100: 45 epochs of the 96% net in a minute and a half
     assert budget_arch(cifar, 90, gpu, COSTS)[0] == "fastnet_xl"
     assert budget_arch(cifar, 30, gpu, COSTS)[0] == "fastnet_l"
 
 
+def test_scarce_data_climbs_only_to_the_wide_muon_net_and_only_once_it_fits_40_epochs():
+    tiny = DataShape(64, 12_000, 100)  # 120 images a class
+    names, kwargs = arch_ladder(tiny)
+    assert names == ("fastnet_s2d_deep", "fastnet_l_muon") and kwargs == {"space_to_depth": 2}
+    assert plan(tiny, {}, "fastnet_l_muon", kwargs).values["optimizer"] == "muon"
+    costs = {"fastnet_s2d_deep": 1.0, "fastnet_l_muon": 2.6}
+    per_image = 1 / 400  # the CPU at 12E (1037 s): the wide net fits 10 epochs, not 40
+    arch, why = budget_arch(tiny, 1037, per_image, costs)
+    assert arch == "fastnet_s2d_deep" and "fastnet_l_muon would fit 10.0 of the 40 epochs it needs" in why
+    arch, why = budget_arch(tiny, 60, 1 / 41_000, costs)  # an H200, a minute a fold: 59 epochs fit
+    assert arch == "fastnet_l_muon" and "59 epochs fit" in why
+    assert arch_ladder(DataShape(32, 40_000, 10))[0] == ("fastnet", "fastnet_l", "fastnet_xl")
+
+
 def test_ladder_arch_times_this_machine(tmp_path):
     cpu = torch.device("cpu")
-    shape = DataShape(16, 60, 3)
+    shape = DataShape(16, 3_000, 3)  # 1,000 images a class: the whole ladder
     assert ladder_arch(shape, 1e-3, 16, cpu, "fp32")[:2] == ("fastnet", {})  # nothing fits: the smallest
     arch, kwargs, why = ladder_arch(shape, 1e6, 16, cpu, "fp32")
     assert (arch, kwargs) == ("fastnet_xl", {}) and "img/s" in why
-    big = DataShape(64, 60, 3)  # 64px: the s2d fold goes with every net of the ladder
+    big = DataShape(64, 3_000, 3)  # 64px: the s2d fold goes with every net of the ladder
     assert ladder_arch(big, 1e-3, 16, cpu, "fp32")[:2] == ("fastnet_s2d_deep", {"space_to_depth": 2})
     assert ladder_arch(big, 1e6, 16, cpu, "fp32")[:2] == ("fastnet_xl", {"space_to_depth": 2})
+    assert ladder_arch(DataShape(64, 60, 3), 1e6, 16, cpu, "fp32")[:2] == ("fastnet_l_muon", {"space_to_depth": 2})
 
 
 def test_plan_flag_prints_the_table_and_trains_nothing(tmp_path, workdir, capsys):
     prepared_workdir(tmp_path, workdir, per_class=12, size=32)
-    assert main(["train", "--plan", "--budget", "15m"]) == 0  # 15 minutes for 18 images: the 96% net
+    assert main(["train", "--plan", "--budget", "15m"]) == 0  # 15 minutes for 18 images: the wide Muon net
     out = capsys.readouterr().out
-    assert "plan for fastnet_xl fold 0: 18 training images of 32px, 3 classes" in out
-    assert "epochs fit in 75% of the budget" in out and "(3.8x fastnet's multiply-adds)" in out
+    assert "plan for fastnet_l_muon fold 0: 18 training images of 32px, 3 classes" in out
+    assert "epochs fit in 75% of the budget" in out and "(2.6x fastnet's multiply-adds)" in out
     assert "batch_size       16" in out and "epochs           fitted                     fitted to --budget 15m" in out and "val_every        0" in out
     assert main(["train", "--plan", "--budget", "15m", "--arch", "fastnet"]) == 0
     assert "plan for fastnet fold 0" in capsys.readouterr().out

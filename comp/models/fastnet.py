@@ -236,6 +236,15 @@ def fastnet_l(num_classes, in_chans, img_size, **kw):
 
 
 @register_model(
+    description="fastnet_l's net with airbench94_muon's recipe: the budget's wider net under 500 images a class",
+    recipe=FASTNET_L_MUON_RECIPE,
+)
+def fastnet_l_muon(num_classes, in_chans, img_size, **kw):
+    kw.setdefault("widths", (128, 384, 384))
+    return FastNet(num_classes, in_chans, img_size, **kw)
+
+
+@register_model(
     description="airbench96 net: ConvGroups 128/384/512 of three convs with a shortcut, 45 epochs",
     recipe=FASTNET_XL_RECIPE,
 )
