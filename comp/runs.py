@@ -195,7 +195,8 @@ def find_runs(workdir, patterns: list[str] | None = None) -> list[Run]:
     """Complete runs under runs/, optionally filtered by glob patterns on the run name."""
     root = runs_root(workdir)
     names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
-    if patterns:
+    if patterns:  # "a b" or "a,b": the other --list flags (--methods) take commas
+        patterns = [pat for text in patterns for pat in text.split(",") if pat]
         chosen = [n for n in names if any(fnmatch(n, pat) for pat in patterns)]
         missing = [pat for pat in patterns if not any(fnmatch(n, pat) for n in names)]
         if missing:

@@ -215,4 +215,6 @@ def test_cli_report(competition, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Leaderboard" in printed and "blend" in printed.lower() and "frog" in printed
     assert list(pd.read_csv(out / "leaderboard.csv").run) == ["good", "noisy"]
+    assert main(["--workdir", str(competition), "report", "--runs", "good,no*", "--out", str(tmp_path / "commas")]) == 0
+    assert list(pd.read_csv(tmp_path / "commas" / "leaderboard.csv").run) == ["good", "noisy"]
     assert (out / "report.html").exists() and (out / "curves_noisy.png").exists()
