@@ -8,8 +8,9 @@ from the data, updated by the command line. `plan()` does that merge, once, for 
 What the planner derives from the data (`DataShape`: image size, training images, classes):
   arch        fastnet (airbench94's net) up to 48px; above, fastnet_s2d_deep, which folds f x f pixel
               blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at 32px resolution, in
-              groups of three convs with a shortcut at widths 64/192/192 (about 1.1x the 32px net's
-              multiply-adds; tiny100 at 12E: +1.6 and +0.6 macro-F1 on folds 0-1 over fastnet_s2d's 64/256/256);
+              groups of three convs with a shortcut at widths 64/192/384 (about 1.35x the 32px net's
+              multiply-adds; tiny100 at 12E: +1.6 and +0.6 macro-F1 on folds 0-1 over fastnet_s2d's 64/256/256
+              at 64/192/192, then +1.2 to +2.2 on folds 0-2 with the last group at 384, 25-27 epochs);
               with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
               whose recipe epochs fit at the speed timed on this machine (budget_arch); under
               SCARCE_PER_CLASS images a class only fastnet_l_muon, once SCARCE_WIDE_EPOCHS fit
@@ -211,7 +212,7 @@ ARCH_LADDER = ("fastnet", "fastnet_l", "fastnet_xl")
 # Under SCARCE_PER_CLASS images a class the ladder has one step, to the 128/384/384 net with the Muon
 # recipe the scarce-data rules below were measured with, and only once it fits SCARCE_WIDE_EPOCHS: on
 # tiny100 (120 a class, H200, a minute a fold) airbench95's SGD recipe on that net scored 3.4 macro-F1
-# points below the default net on fold 0, and the Muon one 0.7 above it at 64 epochs; on the CPU at
+# points below the default net (then 64/192/192) on fold 0, and the Muon one 0.7 above it at 64 epochs; on the CPU at
 # 12E the Muon one fitted 13 epochs and scored 0.5 below (BENCHMARKS.md, issue 9).
 SCARCE_ARCH_LADDER = ("fastnet", "fastnet_l_muon")
 SCARCE_WIDE_EPOCHS = 40
