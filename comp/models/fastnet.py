@@ -240,8 +240,7 @@ def fastnet_l(num_classes, in_chans, img_size, **kw):
     recipe=FASTNET_L_MUON_RECIPE,
 )
 def fastnet_l_muon(num_classes, in_chans, img_size, **kw):
-    kw.setdefault("widths", (128, 384, 384))
-    return FastNet(num_classes, in_chans, img_size, **kw)
+    return fastnet_l(num_classes, in_chans, img_size, **kw)  # the same net; only the recipe differs
 
 
 @register_model(
