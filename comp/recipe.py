@@ -175,6 +175,11 @@ class DataShape:
     def per_class(self) -> float:
         return self.n_train / max(1, self.num_classes)
 
+    @property
+    def scarce(self) -> bool:
+        """Under SCARCE_PER_CLASS images a class: the scarce-data rules and ladder apply."""
+        return self.per_class < SCARCE_PER_CLASS
+
 
 @dataclass
 class Plan:
@@ -223,14 +228,14 @@ def arch_ladder(shape: DataShape) -> tuple[tuple[str, ...], dict]:
     """The nets budget_arch chooses from for this data (the data's default net first) and the
     model kwargs they share (the s2d fold for 64px and up)."""
     base, kwargs, _ = default_arch(shape)
-    ladder = SCARCE_ARCH_LADDER if shape.per_class < SCARCE_PER_CLASS else ARCH_LADDER
+    ladder = SCARCE_ARCH_LADDER if shape.scarce else ARCH_LADDER
     return (base,) + ladder[1:], kwargs
 
 
 def rung_epochs(shape: DataShape, arch: str) -> float:
     """The epochs a ladder net above the first must fit before budget_arch picks it."""
     epochs = arch_recipe(arch)["epochs"]
-    return max(epochs, SCARCE_WIDE_EPOCHS) if shape.per_class < SCARCE_PER_CLASS else epochs
+    return max(epochs, SCARCE_WIDE_EPOCHS) if shape.scarce else epochs
 
 
 def budget_arch(shape: DataShape, budget: float, seconds_per_image: float,
@@ -307,7 +312,7 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
     if recipe["aug"] is None:
         values["aug"], reasons["aug"] = default_aug(shape.n_train, shape.image_size), "default for the data size"
     else:
-        scarce = shape.per_class < SCARCE_PER_CLASS
+        scarce = shape.scarce
         scarce_why = f"for {shape.per_class:.0f} images a class"  # every scarce-data reason ends so
         aug = scaled_aug(recipe["aug"], shape.image_size, SCARCE_SHIFT_FACTOR if scarce else 1.0)
         aug = f"{aug},{SCARCE_COLOUR_AUG}" if scarce else aug

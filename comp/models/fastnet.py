@@ -284,5 +284,4 @@ def fastnet_s2d_deep(num_classes, in_chans, img_size, **kw):
 )
 def fastnet_l_s2d(num_classes, in_chans, img_size, **kw):
     kw.setdefault("space_to_depth", 2)
-    kw.setdefault("widths", (128, 384, 384))
-    return FastNet(num_classes, in_chans, img_size, **kw)
+    return fastnet_l(num_classes, in_chans, img_size, **kw)
