@@ -419,3 +419,19 @@ def test_fastnet_loads_weights_of_a_run_whose_whitening_kept_48_directions(monke
     assert new.whiten.out_channels == 96 and new.groups[0].conv1.in_channels == 96
     with torch.no_grad():
         torch.testing.assert_close(new(images), old(images))
+
+
+def test_fastnet_s2d_deep_loads_weights_of_a_run_at_its_old_widths(tmp_path):
+    """fastnet_s2d_deep's runs from before its last group was 384 wide (64/192/192) still predict the same."""
+    from comp import checkpoint
+
+    images = _correlated_images(n=8, size=64)
+    old = create_model("fastnet_s2d_deep", img_size=64, widths=(64, 192, 192)).eval()
+    old.init_from_data(images)
+    new = create_model("fastnet_s2d_deep", img_size=64).eval()
+    assert new.head.in_features == 384
+    checkpoint.load_weights(new, old.state_dict(), tmp_path / "model.pt")
+    assert [g.conv1.out_channels for g in new.groups] == [64, 192, 192] and new.head.in_features == 192
+    assert new.groups[0].depth == 3
+    with torch.no_grad():
+        torch.testing.assert_close(new(images), old(images))

@@ -53,6 +53,8 @@ NULL_DIRECTION_RTOL = torch.finfo(torch.float32).eps
 # points on fold 0, and +1.7 (reruns: +0.2, +0.5), +0.3, +0.5 on folds 0-2 with the planner's cosine decay
 # (BENCHMARKS.md, issue 9). 32px RGB images have 12 directions: all kept.
 MAX_WHITEN_DIRECTIONS = 24
+# Default widths that changed, now -> before: the earlier runs still load (_rebuild_groups_at_saved_widths).
+EARLIER_DEFAULT_WIDTHS = {(64, 192, 384): (64, 192, 192)}  # fastnet_s2d_deep before a88d544
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -130,6 +132,7 @@ class FastNet(nn.Module):
         self.space_to_depth = space_to_depth
         in_chans, img_size = in_chans * space_to_depth**2, img_size // space_to_depth
         extra_groups = max(0, int(math.log2(img_size / 32)))  # 0 below 64px
+        self.default_widths = tuple(widths)
         widths = tuple(widths) + (widths[-1],) * extra_groups
         self._build_whitening(in_chans, min(in_chans * 2 * 2, MAX_WHITEN_DIRECTIONS))
         self.activ = nn.GELU()
@@ -163,7 +166,26 @@ class FastNet(nn.Module):
             first.conv1 = Conv(saved.shape[0], first.conv1.out_channels)
             self.whiten.to(device)
             first.conv1.to(device)
+        self._rebuild_groups_at_saved_widths(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _rebuild_groups_at_saved_widths(self, state_dict, prefix) -> None:
+        # Runs of a net whose default widths changed since record no widths in their model_kwargs:
+        # their groups and head are rebuilt at the earlier default's widths.
+        keys = [f"{prefix}groups.{i}.conv1.weight" for i in range(len(self.groups))]
+        if not all(key in state_dict for key in keys):
+            return
+        before = EARLIER_DEFAULT_WIDTHS.get(self.default_widths)
+        widths = [state_dict[key].shape[0] for key in keys]
+        if before is None or widths != list(before) + [before[-1]] * (len(self.groups) - len(before)):
+            return  # the net's own widths, or another net's weights: load_state_dict names the mismatch
+        device, first = self.head.weight.device, self.groups[0]
+        groups, c_in = [], self.whiten.out_channels
+        for width in widths:
+            groups.append(ConvGroup(c_in, width, first.norm1.momentum, first.depth))
+            c_in = width
+        self.groups = nn.Sequential(*groups).to(device).train(self.training)
+        self.head = nn.Linear(c_in, self.head.out_features, bias=False).to(device)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = WHITEN_EPS, chunk: int = 512):
