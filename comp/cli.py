@@ -45,7 +45,7 @@ def _train_config(args, fold):
         ema = tuned.get("ema") if ema is None else ema
         model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
         tuned_on = tuned.get("tuned_on")
-    budget = args.budget and parse_budget(args.budget)
+    budget = None if args.budget is None else parse_budget(args.budget)
     return TrainConfig(arch=args.arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
                        loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,

@@ -59,13 +59,17 @@ class TrainConfig:
     muon_lr: float | None = None  # --optimizer muon: the conv filters' lr (lr is the head's and biases')
     muon_momentum: float | None = None  # --optimizer muon: the conv filters' momentum
 
-    def resolved(self, n_train: int, img_size: int, has_cache: bool = True, num_classes: int = 10) -> "TrainConfig":
-        """Every unset recipe value filled in by the planner, checked; `plan` holds the reasons."""
-        given = {key: getattr(self, key) for key in RECIPE_FIELDS + ("val_every",)}
+    def check_length(self) -> None:
+        """--budget and --epochs: checked before anything is timed or trained."""
         if self.budget and self.epochs is not None:
             raise CompError("--epochs and --budget both set the length of training: give one of them")
         if self.budget is not None and not self.budget > 0:
             raise CompError(f"--budget {self.budget}: must be a positive duration")
+
+    def resolved(self, n_train: int, img_size: int, has_cache: bool = True, num_classes: int = 10) -> "TrainConfig":
+        """Every unset recipe value filled in by the planner, checked; `plan` holds the reasons."""
+        given = {key: getattr(self, key) for key in RECIPE_FIELDS + ("val_every",)}
+        self.check_length()
         try:
             planned = plan(DataShape(img_size, n_train, num_classes), given, self.arch, self.model_kwargs,
                            self.budget, self.arch_reason)

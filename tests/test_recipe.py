@@ -261,3 +261,24 @@ def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):
     again = np.load(workdir / "runs" / "again" / "fold0" / "oof.npz")["logits"]
     np.testing.assert_allclose(again, stored, rtol=0.05, atol=0.05)  # bf16 on both paths
     assert from_views["accuracy"] == pytest.approx(plain)
+
+
+def test_fold_all_again_after_the_budget_ran_out_keeps_the_started_run(tmp_path, workdir, monkeypatch):
+    """The budget error says to run `--fold all --budget` again: that finishes the same run with the same net,
+    whatever the smaller budget would now choose; a run whose folds are all complete plans afresh."""
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
+    cfg = dict(arch=None, fold=0, workdir=str(workdir), budget=10.0, tta="none")
+    [first] = train(TrainConfig(**cfg))
+    [run] = (workdir / "runs").iterdir()
+    started = json.loads((run / "fold0" / "config.json").read_text())
+    monkeypatch.setattr("comp.train.ladder_arch",
+                        lambda *a: ("custom_cnn", {}, "another net, as a smaller budget could choose"))
+    results = train(TrainConfig(**{**cfg, "fold": -1, "budget": 20.0}))
+    assert len(results) == load_prepared(workdir).n_folds - 1  # fold 0 kept, the others trained
+    assert [p.name for p in (workdir / "runs").iterdir()] == [run.name]
+    for k in range(1, load_prepared(workdir).n_folds):
+        config = json.loads((run / f"fold{k}" / "config.json").read_text())
+        assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
+    train(TrainConfig(**{**cfg, "fold": -1, "budget": 20.0}))  # every fold complete: the ladder chooses again
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == sorted([run.name, "custom_cnn"])
