@@ -140,9 +140,12 @@ def _started_budget_run(cfg: TrainConfig, shape, folds) -> dict | None:
 
 
 def show_plan(cfg: TrainConfig) -> TrainConfig:
-    """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all), nothing trained."""
+    """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all, with its share of the
+    budget), nothing trained."""
     prepared = load_prepared(cfg.workdir)
     cfg = with_budget_arch(cfg, prepared, init_from_env(cfg.device).device)
+    if cfg.fold == -1 and cfg.budget:
+        cfg = replace(cfg, budget=cfg.budget / prepared.n_folds)
     resolved, table = _resolve_for_fold(cfg, prepared, max(cfg.fold, 0))
     print(table)
     return resolved

@@ -166,6 +166,8 @@ def test_plan_flag_prints_the_table_and_trains_nothing(tmp_path, workdir, capsys
     assert "batch_size       16" in out and "epochs           fitted                     fitted to --budget 15m" in out and "val_every        0" in out
     assert main(["train", "--plan", "--budget", "15m", "--arch", "fastnet"]) == 0
     assert "plan for fastnet fold 0" in capsys.readouterr().out
+    assert main(["train", "--plan", "--fold", "all", "--budget", "15m", "--arch", "fastnet"]) == 0
+    assert "budget 7.5m" in capsys.readouterr().out  # fold 0's share of the 2 folds' budget
     assert not (workdir / "runs").exists()
     assert main(["train", "--plan", "--budget", "15m", "--epochs", "3"]) == 2
     assert "--epochs and --budget both set the length of training" in capsys.readouterr().err
