@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -22,18 +23,20 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--e", type=float, required=True, help="E in seconds")
     parser.add_argument("--budget-e", type=float, required=True, help="the budget in E")
-    parser.add_argument("--fold", default="0")
+    parser.add_argument("--fold", type=int, default=0, help="one fold (the budget is a fold's)")
     parser.add_argument("--name", default="budget")
     parser.add_argument("train_flags", nargs="*", help="more comp train flags (after --)")
     args = parser.parse_args()
     budget = args.budget_e * args.e
-    cmd = ["/usr/bin/time", "-f", "wall %e", sys.executable, "-m", "comp", "--workdir", args.workdir, "train",
-           "--fold", args.fold, "--name", args.name, "--budget", f"{budget:.0f}s", "--force", *args.train_flags]
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode != 0:
-        sys.exit(f"comp train failed ({proc.returncode})")
-    wall = float(proc.stderr.strip().splitlines()[-1].split()[-1])
+    with tempfile.TemporaryDirectory() as tmp:  # /usr/bin/time -o: comp's own stderr (progress) stays live
+        timing = Path(tmp) / "wall"
+        cmd = ["/usr/bin/time", "-o", str(timing), "-f", "wall %e", sys.executable, "-m", "comp", "--workdir",
+               args.workdir, "train", "--fold", str(args.fold), "--name", args.name, "--budget", f"{budget:.0f}s",
+               "--force", *args.train_flags]
+        proc = subprocess.run(cmd, stdout=sys.stderr)
+        if proc.returncode != 0:
+            sys.exit(f"comp train failed ({proc.returncode})")
+        wall = float(timing.read_text().strip().splitlines()[-1].split()[-1])
     out = Path(args.workdir) / "runs" / args.name / f"fold{args.fold}"
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())

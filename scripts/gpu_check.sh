@@ -3,7 +3,8 @@
 # of a competition zip on one GPU, then a soft blend; prints the net the planner chose, the epochs it
 # fitted, OOF accuracy and macro-F1 per fold and for the blend, images/s, and how long `comp train`
 # took against the budget. HAND_ARCHS="a b" adds, for each net, fold 0 with `--arch a` at the
-# planned fold's share of the budget (B/5): the hand-set nets the plan should match.
+# planned fold's share of the budget (B / the number of folds): the hand-set nets the plan should match;
+# one that fails is reported and the summary still prints.
 #   scripts/gpu_check.sh [ZIP] [WORKDIR] [BUDGET]      (ZIP: default CIFAR-10; BUDGET: all folds, default 5m)
 # Runs with the python3 that has torch (set PYTHON to override); comp need not be installed.
 set -euo pipefail
@@ -26,9 +27,11 @@ train_start=$(date +%s)
 comp train --fold all --budget "$budget" --name planned --device "$DEVICE" --force 2>&1 | quiet
 train_seconds=$(( $(date +%s) - train_start ))
 comp blend --method soft --runs planned --name gpu_check_planned
-share=$("$PYTHON" -c "from comp.recipe import parse_budget; print(f'{parse_budget(\"$budget\") / 5:.0f}s')")
+share=$("$PYTHON" -c "import pandas as pd; from comp.recipe import parse_budget
+print(f'{parse_budget(\"$budget\") / pd.read_csv(\"$work/folds/folds.csv\").fold.nunique():.0f}s')")
 for arch in ${HAND_ARCHS:-}; do
-  comp train --fold 0 --arch "$arch" --budget "$share" --name "hand_$arch" --device "$DEVICE" --force 2>&1 | quiet
+  comp train --fold 0 --arch "$arch" --budget "$share" --name "hand_$arch" --device "$DEVICE" --force 2>&1 | quiet \
+    || echo "gpu_check hand-set --arch $arch failed (above); going on"
 done
 "$PYTHON" - "$work" "$budget" "$train_seconds" ${HAND_ARCHS:-} <<'PY'
 import json, sys, pathlib
@@ -36,7 +39,7 @@ import pandas as pd
 work, budget, seconds, hand = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 
 def fold_results(name):
-    folds = sorted((work / "runs" / name).glob("fold*"))
+    folds = sorted(f for f in (work / "runs" / name).glob("fold*") if (f / "metrics.json").exists())
     return ([json.loads((f / "metrics.json").read_text()) for f in folds],
             [json.loads((f / "config.json").read_text()) for f in folds],
             [pd.read_csv(f / "history.csv").images_per_second.median() for f in folds])
@@ -49,6 +52,9 @@ print(f"gpu_check planned: arch {configs[0]['arch']} {configs[0]['model_kwargs']
       f"(mean {sum(accs) / len(accs):.4f}), macro-F1 per fold {[round(f, 4) for f in f1s]} "
       f"(mean {sum(f1s) / len(f1s):.4f}), median train images/s {sorted(ips)[len(ips) // 2]:.0f}")
 for arch in hand:
+    if not fold_results(f"hand_{arch}")[0]:
+        print(f"gpu_check hand-set fold 0 --arch {arch}: no result (the run failed)")
+        continue
     (m,), (c,), (rate,) = fold_results(f"hand_{arch}")
     print(f"gpu_check hand-set fold 0 --arch {arch}: epochs {c['epochs']:.1f}, OOF accuracy {m['accuracy']:.4f}, "
           f"macro-F1 {m['macro_f1']:.4f}, train {m['train_seconds']:.0f} s, images/s {rate:.0f} "
