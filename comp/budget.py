@@ -4,7 +4,7 @@ The arithmetic, kept apart from the training loop so it can be tested without tr
 
     clock = FoldClock(seconds, started)             # started: when the budget began (time.monotonic)
     # after the first CALIBRATION_STEPS steps of real training:
-    tta = clock.choose_tta("flip+shift", seconds_per_view)      # fewer views if they cost too much
+    tta = clock.choose_tta("flip+shift", n_images, seconds_per_image)  # fewer views if they cost too much
     total = clock.fit_steps(step, seconds_per_step, predict_seconds)
     # after every epoch, with the measured wall time per step (validation, checkpoints included):
     total = clock.fit_steps(step, seconds_per_step, predict_seconds)

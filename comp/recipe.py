@@ -10,7 +10,7 @@ What the planner derives from the data (`DataShape`: image size, training images
               blocks into channels (f = 2 at 64px, 4 at 128px) so the net runs at 32px resolution, in
               groups of three convs with a shortcut at widths 64/192/384 (about 1.35x the 32px net's
               multiply-adds; tiny100 at 12E: +1.6 and +0.6 macro-F1 on folds 0-1 over fastnet_s2d's 64/256/256
-              at 64/192/192, then +1.2 to +2.2 on folds 0-2 with the last group at 384, 25-27 epochs);
+              at 64/192/192, then +1.2 to +2.2 on folds 0-3 with the last group at 384, 25-28 epochs);
               with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
               whose recipe epochs fit at the speed timed on this machine (budget_arch); under
               SCARCE_PER_CLASS images a class only fastnet_l_muon, once SCARCE_WIDE_EPOCHS fit
@@ -23,7 +23,7 @@ What the planner derives from the data (`DataShape`: image size, training images
               SCARCE_PER_CLASS images a class the shift tripled and colour ops added; nothing else: on
               120 images a class (tiny100, 12E) none of cutout, cutmix, mixup, zoom, label smoothing 0.1
               or 0.3, Muon momentum 0.8 or the wider fastnet_l_s2d scored above the plain recipe
-              (BENCHMARKS.md, issue 9)
+              at 12E on the CPU (BENCHMARKS.md, issue 9)
   ema         the recipe's; with Muon and under SCARCE_PER_CLASS images a class, lookahead on, its average
               over about twice airbench's window (ema_decay SCARCE_EMA_DECAY)
   schedule    the recipe's; with Muon and under SCARCE_PER_CLASS images a class, linear becomes cosine
@@ -217,7 +217,7 @@ ARCH_LADDER = ("fastnet", "fastnet_l", "fastnet_xl")
 # Under SCARCE_PER_CLASS images a class the ladder has one step, to the 128/384/384 net with the Muon
 # recipe the scarce-data rules below were measured with, and only once it fits SCARCE_WIDE_EPOCHS: on
 # tiny100 (120 a class, H200, a minute a fold) airbench95's SGD recipe on that net scored 3.4 macro-F1
-# points below the default net (then 64/192/192) on fold 0, and the Muon one 0.7 above it at 64 epochs; on the CPU at
+# points below the default net (then 64/192/192) on fold 0, and the Muon one 0.7 above it at 63 epochs; on the CPU at
 # 12E the Muon one fitted 13 epochs and scored 0.5 below (BENCHMARKS.md, issue 9).
 SCARCE_ARCH_LADDER = ("fastnet", "fastnet_l_muon")
 SCARCE_WIDE_EPOCHS = 40
@@ -240,7 +240,8 @@ def rung_epochs(shape: DataShape, arch: str) -> float:
 
 def budget_arch(shape: DataShape, budget: float, seconds_per_image: float,
                 relative_cost: dict[str, float]) -> tuple[str, str]:
-    """(arch, reason): the last net of the ladder whose recipe epochs fit the budget.
+    """(arch, reason): the last net of the ladder whose epochs (rung_epochs: its recipe's, and under
+    SCARCE_PER_CLASS images a class at least SCARCE_WIDE_EPOCHS) fit the budget.
 
     seconds_per_image: one training step's time per image of the ladder's first net (or the
     data's default arch), measured here; relative_cost: each ladder net's multiply-adds per image

@@ -27,7 +27,7 @@ The whitening keeps the 24 patch directions of most variance (of 48 at 64px; MAX
 Larger images fold f x f blocks (f = 4 at 128px, 192 directions, 24 kept), so the first group
 stays 64px-sized, and a side f does not divide is padded by repeating its edge.
 fastnet_s2d_deep (the planner's net above 48px) folds the same way and runs groups of three convs
-with a shortcut (airbench96's group) at widths 64/192/384: about 1.2x fastnet_s2d's cost, one more conv
+with a shortcut (airbench96's group) at widths 64/192/384: 1.27x fastnet_s2d's multiply-adds, one more conv
 after each pool and a wider last group.
 """
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FASTNET_XL_RECIPE
+from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FASTNET_XL_RECIPE, SCARCE_PER_CLASS
 from . import register_model
 
 WHITEN_EPS = 5e-4
@@ -258,7 +258,8 @@ def fastnet_l(num_classes, in_chans, img_size, **kw):
 
 
 @register_model(
-    description="fastnet_l's net with airbench94_muon's recipe: the budget's wider net under 500 images a class",
+    description=f"fastnet_l's net with airbench94_muon's recipe: the budget's wider net under {SCARCE_PER_CLASS} "
+                "images a class",
     recipe=FASTNET_L_MUON_RECIPE,
 )
 def fastnet_l_muon(num_classes, in_chans, img_size, **kw):
@@ -293,7 +294,9 @@ def fastnet_s2d_deep(num_classes, in_chans, img_size, **kw):
     # multiply-adds) on tiny100 at 12E, +1.6 and +0.6 macro-F1 points on folds 0-1 over fastnet_s2d; 64/192/192
     # with two convs a group fitted 38% more epochs and scored 3.4 points below. The last group at 384 (1.27x
     # the multiply-adds, 25-27 epochs instead of 35-36) then scored +1.5 and +1.5 on folds 1-2 (each pair in
-    # one sitting) and +1.2 / +2.2 on fold 0 against two earlier sittings (BENCHMARKS.md).
+    # one sitting) and +1.2 / +2.2 on fold 0 against two earlier sittings (BENCHMARKS.md). Its recipe stays
+    # FASTNET_RECIPE, whose head lr is for a last width of 256 (fastnet_muon_recipe(width=384) would lower it):
+    # the 384-wide runs were measured with it, and the lower lr was not tried.
     kw.setdefault("space_to_depth", 2)
     kw.setdefault("widths", (64, 192, 384))
     kw.setdefault("depth", 3)
