@@ -36,10 +36,11 @@ done
 "$PYTHON" - "$work" "$budget" "$train_seconds" ${HAND_ARCHS:-} <<'PY'
 import json, sys, pathlib
 import pandas as pd
+from comp.runs import is_complete
 work, budget, seconds, hand = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 
 def fold_results(name):
-    folds = sorted(f for f in (work / "runs" / name).glob("fold*") if (f / "metrics.json").exists())
+    folds = sorted(f for f in (work / "runs" / name).glob("fold*") if is_complete(f))
     return ([json.loads((f / "metrics.json").read_text()) for f in folds],
             [json.loads((f / "config.json").read_text()) for f in folds],
             [pd.read_csv(f / "history.csv").images_per_second.median() for f in folds])
@@ -52,10 +53,11 @@ print(f"gpu_check planned: arch {configs[0]['arch']} {configs[0]['model_kwargs']
       f"(mean {sum(accs) / len(accs):.4f}), macro-F1 per fold {[round(f, 4) for f in f1s]} "
       f"(mean {sum(f1s) / len(f1s):.4f}), median train images/s {sorted(ips)[len(ips) // 2]:.0f}")
 for arch in hand:
-    if not fold_results(f"hand_{arch}")[0]:
+    hand_metrics, hand_configs, hand_rates = fold_results(f"hand_{arch}")
+    if not hand_metrics:
         print(f"gpu_check hand-set fold 0 --arch {arch}: no result (the run failed)")
         continue
-    (m,), (c,), (rate,) = fold_results(f"hand_{arch}")
+    (m,), (c,), (rate,) = hand_metrics, hand_configs, hand_rates
     print(f"gpu_check hand-set fold 0 --arch {arch}: epochs {c['epochs']:.1f}, OOF accuracy {m['accuracy']:.4f}, "
           f"macro-F1 {m['macro_f1']:.4f}, train {m['train_seconds']:.0f} s, images/s {rate:.0f} "
           f"(planned fold 0: {accs[0]:.4f}, {f1s[0]:.4f})")

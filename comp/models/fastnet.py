@@ -136,15 +136,19 @@ class FastNet(nn.Module):
         widths = tuple(widths) + (widths[-1],) * extra_groups
         self._build_whitening(in_chans, min(in_chans * 2 * 2, MAX_WHITEN_DIRECTIONS))
         self.activ = nn.GELU()
+        self._build_groups(widths, bn_momentum, depth, num_classes)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.scaling_factor = scaling_factor
+        self.whiten_bias_epochs = whiten_bias_epochs
+
+    def _build_groups(self, widths, bn_momentum: float, depth: int, num_classes: int) -> None:
+        """The conv groups after the whitening, and the head on the last group's width."""
         groups, c_in = [], self.whiten.out_channels
         for width in widths:
             groups.append(ConvGroup(c_in, width, bn_momentum, depth))
             c_in = width
         self.groups = nn.Sequential(*groups)
-        self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(c_in, num_classes, bias=False)
-        self.scaling_factor = scaling_factor
-        self.whiten_bias_epochs = whiten_bias_epochs
 
     def _build_whitening(self, in_chans: int, directions: int) -> None:
         self.whiten_directions = directions
@@ -180,12 +184,9 @@ class FastNet(nn.Module):
         if before is None or widths != list(before) + [before[-1]] * (len(self.groups) - len(before)):
             return  # the net's own widths, or another net's weights: load_state_dict names the mismatch
         device, first = self.head.weight.device, self.groups[0]
-        groups, c_in = [], self.whiten.out_channels
-        for width in widths:
-            groups.append(ConvGroup(c_in, width, first.norm1.momentum, first.depth))
-            c_in = width
-        self.groups = nn.Sequential(*groups).to(device).train(self.training)
-        self.head = nn.Linear(c_in, self.head.out_features, bias=False).to(device)
+        self._build_groups(widths, first.norm1.momentum, first.depth, self.head.out_features)
+        self.groups.to(device).train(self.training)
+        self.head.to(device)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = WHITEN_EPS, chunk: int = 512):
