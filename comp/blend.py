@@ -97,8 +97,11 @@ def score_blend(aligned: Aligned, method: str, num_classes: int, **opts):
               "insample_log_loss": ensemble.log_loss(insample, aligned.y),
               "weights": None if blender.weights is None else blender.weights.tolist()}
     if blender.learned and len(np.unique(aligned.fold)) < 2:
-        raise CompError(f"--method {method} learns from OOF labels and needs at least 2 folds per run to "
-                        f"score honestly; train more folds (--fold all) or use soft/logit/hard/rank")
+        learner = (f"--method {method}" if method in ("select", "stack") else
+                   " and ".join(flag for flag, on in (("--temperature", opts.get("temperature")),
+                                                      ("--top", opts.get("top") is not None)) if on))
+        raise CompError(f"{learner} learns from OOF labels and needs at least 2 folds per run to score honestly; "
+                        f"train more folds (--fold all), or blend without it")
     if blender.learned:
         nested = ensemble.nested_oof(aligned.oof_logits, aligned.y, aligned.fold, method, **opts)
         honest = nested.oof_scores

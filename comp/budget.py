@@ -174,3 +174,63 @@ def train_seconds_per_image(model, image_size: int, num_classes: int, batch: int
         step()
         steps += 1
     return (time.monotonic() - started) / (steps * batch)
+
+
+# ----------------------------------------------------------------------------- the net a budget trains
+
+def with_budget_arch(cfg, prepared, device):
+    """--budget without --arch: the net this machine can train in a fold's budget (ladder_arch;
+    with --fold all, an equal share of the whole), or the one a run being resumed started with.
+    cfg: a TrainConfig; the same TrainConfig back, with arch, model_kwargs and arch_reason set."""
+    from dataclasses import replace
+
+    from .distributed import broadcast_object
+    from .recipe import plan
+    from .train_config import data_shape, pick_precision
+
+    cfg.check_length()
+    if not cfg.budget or cfg.arch is not None or cfg.model_kwargs:
+        return cfg
+    folds = range(prepared.n_folds) if cfg.fold == -1 else [cfg.fold]
+    shape = data_shape(prepared, folds[0])
+    started = started_budget_run(cfg, shape, folds)
+    if started:
+        return replace(cfg, arch=started["arch"], model_kwargs=started["model_kwargs"], arch_reason="the resumed run's")
+    budget = cfg.budget / len(folds)
+    batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
+    arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
+    return replace(cfg, arch=arch, model_kwargs=kwargs, arch_reason=why)
+
+
+def started_budget_run(cfg, shape, folds) -> dict | None:
+    """The config of the budgeted run these folds started, unless --force starts over: `--resume`, or
+    `--fold all --budget` again after the budget ran out before the last folds, continues with its net
+    rather than timing the ladder again (a smaller budget could choose another net, and so another run
+    name). With --resume a run with an unfinished fold (its checkpoint) comes first; a run whose folds are
+    all complete is not continued: a new budget plans afresh."""
+    from .io import read_json
+    from .recipe import ARCH_LADDER, SCARCE_ARCH_LADDER, arch_ladder
+    from .runs import fold_dir, is_complete
+
+    if cfg.force and not cfg.resume:
+        return None
+    # every name a budget has given runs: today's ladder for this data, and both ladders of earlier versions
+    names = (cfg.name,) if cfg.name else tuple(dict.fromkeys(arch_ladder(shape)[0] + ARCH_LADDER + SCARCE_ARCH_LADDER))
+
+    def started(name: str, unfinished: bool) -> dict | None:
+        outs = [fold_dir(cfg.workdir, name, k) for k in folds]
+        done = [is_complete(out) for out in outs]
+        for out, complete in zip(outs, done):
+            picked = ((out / "checkpoint.pt").exists() and not complete) if unfinished else complete and not all(done)
+            if picked and (out / "config.json").exists():
+                config = read_json(out / "config.json")
+                if config.get("budget"):
+                    return config
+        return None
+
+    for unfinished in ((True, False) if cfg.resume else (False,)):
+        for name in names:
+            config = started(name, unfinished)
+            if config:
+                return config
+    return None

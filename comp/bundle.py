@@ -55,6 +55,9 @@ class ExportOptions:
 
 
 def export(opts: ExportOptions) -> Path:
+    if opts.method == "rank":  # ranks a class over all the rows it is given: one image alone has no ranks
+        raise CompError("--method rank ranks each class over the whole test set, so a bundle could not predict "
+                        "images a few at a time; export a soft, logit, hard, select or stack blend")
     fitted = fit_blend(BlendOptions(opts.method, opts.runs, opts.name, opts.top, opts.temperature, opts.metric,
                                     opts.workdir))
     out = Path(opts.out) if opts.out else Path(opts.workdir) / "bundles" / opts.name
@@ -65,9 +68,7 @@ def export(opts: ExportOptions) -> Path:
     try:
         spec = _write_contents(staging, fitted, opts)
         _write_manifest(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out}: {len(spec['runs'])} run(s), {sum(len(r['folds']) for r in spec['runs'])} fold model(s), "
@@ -77,6 +78,16 @@ def export(opts: ExportOptions) -> Path:
         print(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB): upload it as a Kaggle dataset")
     print(f"predict new images with:\n  comp infer {out} --images TEST_DIR --out submission.csv")
     return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging`; the old bundle is set aside first and deleted only once the new one is in
+    place, so an interrupt at any moment leaves one whole bundle (at `out`, or beside it as .old-PID)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_contents(root: Path, fitted: FittedBlend, opts: ExportOptions) -> dict:
@@ -124,7 +135,8 @@ def _export_run(root: Path, run, half: bool) -> dict:
             state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
         rel = f"runs/{run.name}/fold{fold.fold}.pt"
         save_torch(root / rel, state)
-        folds.append({"fold": fold.fold, "file": rel, "mean": fold.config["mean"], "std": fold.config["std"]})
+        folds.append({"fold": fold.fold, "file": rel, "mean": fold.config["mean"], "std": fold.config["std"],
+                      "tta": fold.config.get("tta", "none")})  # each fold's own: --budget may give folds fewer views
     kwargs = {k: v for k, v in config.get("model_kwargs", {}).items() if k not in WEIGHT_KWARGS}
     return {"name": run.name, "arch": config["arch"], "model_kwargs": kwargs, "num_classes": config["num_classes"],
             "img_size": config["img_size"], "tta": config.get("tta", "none"), "label_hash": config["label_hash"],
@@ -197,7 +209,7 @@ def _megabytes(root: Path) -> str:
 
 
 def _zip(folder: Path) -> Path:
-    archive = folder.with_suffix(".zip")
+    archive = folder.with_name(folder.name + ".zip")  # not with_suffix: bundle "v1.5" is not "v1"
     with atomic_path(archive) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:  # weights do not compress
             for path in sorted(folder.rglob("*")):

@@ -100,6 +100,12 @@ class _Batches:
         return iter(self.make_iter())
 
 
+def in_batches(images: "Images", size: int) -> _Batches:
+    """The images in order, `size` at a time; each float batch is made only when it is reached."""
+    return _Batches(lambda: (images.batch(slice(s, s + size)) for s in range(0, len(images), size)),
+                    -(-len(images) // size))
+
+
 class _Feed:
     """What both feeds share. Splits: "train" and "val" are rows of folds.csv, "test" all of test.csv.
 
@@ -185,9 +191,7 @@ class CacheFeed(_Feed):
             yield self.augment(images.batch(index), self._y_train[index], self.num_classes, index=index, epoch=epoch)
 
     def eval_batches(self, split: str) -> _Batches:
-        images, size = self.images(split), self.eval_batch_size
-        return _Batches(lambda: (images.batch(slice(s, s + size)) for s in range(0, len(images), size)),
-                        -(-len(images) // size))
+        return in_batches(self.images(split), self.eval_batch_size)
 
     def sample(self, n: int) -> torch.Tensor:
         """Up to n random training images, normalised, not augmented (fastnet's whitening)."""

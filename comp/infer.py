@@ -23,7 +23,7 @@ from . import ensemble
 from .cache import load_rgb, scan_headers
 from .checkpoint import load_weights
 from .data import IMAGE_EXTS
-from .feed import Images, predict_logits
+from .feed import Images, in_batches, predict_logits
 from .io import CompError, write_csv, write_npz
 from .labels import LabelMap, natural_sorted
 from .models import create_model
@@ -56,8 +56,10 @@ def infer(opts: InferOptions) -> Path:
     write_csv(out, submission)
     if opts.logits:
         write_npz(opts.logits, ids=predictions.id.to_numpy().astype(str), logits=bundle.logits,
-                  probs=predictions[list(bundle.classes)].to_numpy(), bad=np.asarray(bundle.bad, dtype=str))
-        print(f"wrote {opts.logits}: ids, logits (runs x images x classes, before the blend), probs")
+                  probs=predictions[list(bundle.classes)].to_numpy(), classes=np.asarray(bundle.classes, dtype=str),
+                  bad=np.asarray(bundle.bad, dtype=str))
+        print(f"wrote {opts.logits}: ids, logits (runs x images x classes, before the blend), probs, classes "
+              f"(the class of each column)")
     print(f"wrote {out} ({len(submission)} rows, columns {list(submission.columns)})")
     return out
 
@@ -99,6 +101,8 @@ class Bundle:
         """images: a folder or .zip of image files, or a list of paths. ids: a CSV (the sample submission)
         whose id column gives the rows and their order. -> DataFrame: id, label (as the submission writes
         it), one probability column per class. keep_logits: also keep self.logits (see run_logits)."""
+        if batch_size < 1:
+            raise CompError(f"--batch-size {batch_size}: give a positive number of images a forward pass")
         with tempfile.TemporaryDirectory(prefix="comp-infer-") as tmp:
             table = image_table(images, self.spec["submission"]["id_from"], Path(tmp))
             if ids is not None:
@@ -161,8 +165,9 @@ class Bundle:
             fold_logits = []
             for model, fold in models:
                 images = Images(pixels, self.device, fold["mean"], fold["std"])
-                batches = [images.batch(slice(s, s + batch_size)) for s in range(0, len(images), batch_size)]
-                fold_logits.append(predict_logits(model, batches, run["tta"], self.device, self.precision))
+                tta = fold.get("tta", run["tta"])  # older bundles kept one TTA per run
+                fold_logits.append(predict_logits(model, in_batches(images, batch_size), tta, self.device,
+                                                  self.precision))
             per_run[run["blend_index"]] = np.mean(fold_logits, axis=0)
         return per_run
 

@@ -38,6 +38,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
             tmp.unlink()
 
 
+def link_or_copy(src, dst) -> None:
+    """dst becomes the same file as src: a hard link where the file system allows one, else a copy."""
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:

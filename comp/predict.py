@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import load_weights
 from .folds import load_prepared, split_fingerprint
-from .io import CompError, read_json, write_json, write_npz, write_text
+from .io import CompError, link_or_copy, read_json, write_json, write_npz, write_text
 from .models import create_model
 from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
 from .augment import TTA_WEIGHTS, combine_views
@@ -40,6 +40,8 @@ def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, ne
         with RunLock(dst):
             (dst / "metrics.json").unlink(missing_ok=True)  # not complete until rewritten
             results.append(_predict_fold(prepared, fold_dir(workdir, name, k), dst, tta, device, batch_size))
+    print(f"note: {new_name} holds {name}'s weights; `comp blend` without --runs blends every complete run, "
+          f"both of these included: pass --runs to choose")
     return results
 
 
@@ -56,6 +58,8 @@ def _predict_fold(prepared, src, dst, tta, device_name, batch_size) -> dict:
     metrics = {**read_json(src / "metrics.json"), **scores(oof_logits, y, prepared.label_map.num_classes),
                "tta": tta, "predicted_from": str(src)}
     write_text(dst / "history.csv", (src / "history.csv").read_text())
+    if (src / "model.pt").exists():  # the same weights: export, infer and predict work on the new run too
+        link_or_copy(src / "model.pt", dst / "model.pt")
     write_json(dst / "config.json", {**config, "name": dst.parent.name, "tta": tta})
     write_npz(dst / "oof.npz", ids=prepared.folds.id.to_numpy()[in_fold].astype(str), logits=oof_logits,
               labels=y, fold=np.full(len(y), config["fold"]))
@@ -90,6 +94,9 @@ def fold_model_and_feed(prepared, src, config, in_fold, device_name="auto", batc
                         f"prepare again with --size {config['img_size']}, or train the run again")
     device = pick_device(device_name)
     precision = pick_precision(config.get("precision", "auto"), device)
+    if not (src / "model.pt").exists():
+        raise CompError(f"{src / 'model.pt'} not found: the fold's weights are gone, so it cannot predict again; "
+                        f"retrain it (comp train --force) or choose a TTA its stored views allow")
     checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
     model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
                          img_size=config["img_size"], **config.get("model_kwargs", {}))

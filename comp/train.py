@@ -19,7 +19,6 @@ comp/distributed.py for how to launch it and what changes).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import asdict, replace
@@ -38,14 +37,14 @@ from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_obje
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
-from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, ladder_arch
+from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, with_budget_arch
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
-from .recipe import ARCH_LADDER, SCARCE_ARCH_LADDER, arch_ladder, format_seconds, plan
+from .recipe import format_seconds, plan
 from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use
 from .train_config import TrainConfig, data_shape, pick_precision
 
@@ -102,43 +101,6 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     return results
 
 
-def with_budget_arch(cfg: TrainConfig, prepared: Prepared, device) -> TrainConfig:
-    """--budget without --arch: the net this machine can train in a fold's budget (comp/budget.py;
-    with --fold all, an equal share of the whole), or the one a run being resumed started with."""
-    cfg.check_length()
-    if not cfg.budget or cfg.arch is not None or cfg.model_kwargs:
-        return cfg
-    folds = range(prepared.n_folds) if cfg.fold == -1 else [cfg.fold]
-    shape = data_shape(prepared, folds[0])
-    started = _started_budget_run(cfg, shape, folds)
-    if started:
-        return replace(cfg, arch=started["arch"], model_kwargs=started["model_kwargs"], arch_reason="the resumed run's")
-    budget = cfg.budget / len(folds)
-    batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
-    arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
-    return replace(cfg, arch=arch, model_kwargs=kwargs, arch_reason=why)
-
-
-def _started_budget_run(cfg: TrainConfig, shape, folds) -> dict | None:
-    """The config of the budgeted run these folds started, unless --force starts over: `--resume`, or
-    `--fold all --budget` again after the budget ran out before the last folds, continues with its net
-    rather than timing the ladder again (a smaller budget could choose another net, and so another run
-    name). A run whose folds are all complete is not continued: a new budget plans afresh."""
-    if cfg.force and not cfg.resume:
-        return None
-    # every name a budget has given runs: today's ladder for this data, and both ladders of earlier versions
-    names = (cfg.name,) if cfg.name else dict.fromkeys(arch_ladder(shape)[0] + ARCH_LADDER + SCARCE_ARCH_LADDER)
-    for name in names:
-        outs = [fold_dir(cfg.workdir, name, k) for k in folds]
-        done = [is_complete(out) for out in outs]
-        for out, complete in zip(outs, done):
-            if (out / "config.json").exists() and (cfg.resume or complete and not all(done)):
-                config = json.loads((out / "config.json").read_text())
-                if config.get("budget"):
-                    return config
-    return None
-
-
 def show_plan(cfg: TrainConfig) -> TrainConfig:
     """`comp train --plan`: the resolved recipe of the fold (fold 0 for --fold all, with its share of the
     budget), nothing trained."""
@@ -190,6 +152,8 @@ def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     resuming = cfg.resume and (out / "checkpoint.pt").exists()
+    if cfg.resume and not resuming:  # say so at once: a user who expected to continue can stop here
+        print(f"{out}: no checkpoint to resume (one is written after each epoch); this fold trains from the start")
     if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
         for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
             (out / name).unlink(missing_ok=True)

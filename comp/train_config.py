@@ -14,7 +14,7 @@ from .augment import parse_aug, pixel_params
 from .feed import default_workers, resolve_loader
 from .folds import Prepared
 from .io import CompError
-from .recipe import RECIPE_FIELDS, DataShape, Plan, plan
+from .recipe import RECIPE_FIELDS, DataShape, Plan, parse_budget, plan
 
 
 @dataclass
@@ -128,3 +128,35 @@ def pick_precision(requested: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def config_from_args(args, fold: int, started: float) -> TrainConfig:
+    """The TrainConfig of `comp train`'s parsed flags (and of --params' tuned values, which fill only what the
+    flags left unset); a --budget counts from `started`."""
+    model_kwargs = {}
+    if args.pretrained:
+        model_kwargs["pretrained"] = True
+    if args.weights:
+        model_kwargs["weights"] = args.weights
+    if args.no_adapt:
+        model_kwargs["adapt"] = False
+    recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                                            "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
+                                            "patience", "grad_clip", "muon_lr", "muon_momentum", "ema_decay")}
+    ema = {"on": True, "off": False}.get(args.ema)
+    tuned_on, arch = None, args.arch
+    if getattr(args, "params", None) or getattr(args, "params_from", None):
+        from .tune import tuned_fields  # tuned values fill only what the command line left unset
+
+        tuned = tuned_fields(args.workdir, args.arch, args.params or "best", args.params_from)
+        recipe = {k: tuned.get(k) if v is None else v for k, v in recipe.items()}
+        ema = tuned.get("ema") if ema is None else ema
+        model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
+        tuned_on = tuned.get("tuned_on")
+        arch = tuned["arch"]
+    budget = None if args.budget is None else parse_budget(args.budget)
+    return TrainConfig(arch=arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
+                       device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
+                       loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, tuned_on=tuned_on, budget=budget,
+                       budget_started=started if budget else None, **recipe)

@@ -322,6 +322,8 @@ def tuned_fields(workdir, arch: str, params: str = "best", study: str | None = N
     or from a best.json path (`--params FILE`)."""
     if params != "best" and study:
         raise CompError("--params FILE and --params-from STUDY both given: pass one of them")
+    if params == "best" and not study and arch is None:
+        raise CompError("--params best reads the study of --arch A on fold 0: pass --arch, or --params-from STUDY")
     if params == "best":
         name = study or study_name(arch, 0)
         path = study_dir(workdir, name) / "best.json"
@@ -333,10 +335,11 @@ def tuned_fields(workdir, arch: str, params: str = "best", study: str | None = N
         if not path.is_file():
             raise CompError(f"--params {params}: expected 'best' or a best.json file")
     best = read_json(path)
+    arch = arch or best.get("arch")  # a named study or file says which net it tuned
     if best.get("arch") != arch:
         raise CompError(f"{path} was tuned for --arch {best.get('arch')}, not {arch}; "
                         f"pass --arch {best.get('arch')} or tune {arch}")
     print(f"params from {path} (trial {best.get('trial')}, val accuracy {best.get('value')}): {best['params']}")
     # the study's fold: retraining that fold with these params scores it on labels the choice saw
     tuned_on = {"study": best.get("study"), "fold": best.get("fold", 0), "file": str(path)}
-    return {**params_to_fields(arch, best["params"]), "tuned_on": tuned_on}
+    return {**params_to_fields(arch, best["params"]), "arch": arch, "tuned_on": tuned_on}

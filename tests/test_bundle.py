@@ -99,6 +99,38 @@ def test_half_bundle_zip_and_images_zip(trained, tmp_path, monkeypatch):
     assert len(a) == 10 and (a.label == b.label).mean() >= 0.9  # bf16 weights: nearly always the same labels
 
 
+def test_each_fold_predicts_with_its_own_tta_and_rank_is_refused(trained, tmp_path, capsys, monkeypatch):
+    work = copy_workdir(trained, tmp_path)
+    assert main(["--workdir", str(work), "train", "--arch", "custom_cnn", "--fold", "1", "--epochs", "2",
+                 "--batch-size", "8", "--tta", "none", "--force"]) == 0  # fold 0 keeps flip: --budget can do this
+    assert main(["--workdir", str(work), "blend", "--runs", "custom_cnn", "--name", "b"]) == 0
+    expected = pd.read_csv(work / "submissions" / "b.csv", dtype=str)
+    fitted = fit_blend(BlendOptions("soft", ["custom_cnn"], workdir=str(work)))
+    probs = fitted.blender.predict(fitted.aligned.test_logits)
+    assert main(["--workdir", str(work), "export", "v1.5", "--runs", "custom_cnn", "--zip"]) == 0
+    spec = json.loads((work / "bundles" / "v1.5" / "bundle.json").read_text())
+    assert [f["tta"] for f in spec["runs"][0]["folds"]] == ["flip", "none"]
+    assert (work / "bundles" / "v1.5.zip").is_file()  # not v1.zip
+    data = trained["root"] / "data"
+    predictions = comp.load_bundle(work / "bundles" / "v1.5.zip").predict(data / "test",
+                                                                         ids=data / "sampleSubmission.csv")
+    assert list(predictions.label) == list(expected.label)
+    np.testing.assert_allclose(predictions[COLUMNS].to_numpy(), probs, atol=2e-2)
+    assert main(["--workdir", str(work), "export", "v1.5", "--runs", "custom_cnn", "--force"]) == 0
+    assert sorted(p.name for p in (work / "bundles").iterdir()) == ["v1.5", "v1.5.zip"]  # nothing set aside is left
+    capsys.readouterr()
+    assert main(["--workdir", str(work), "export", "r", "--method", "rank"]) == 2
+    assert "--method rank ranks each class over the whole test set" in capsys.readouterr().err
+    assert main(["--workdir", str(work), "predict", "--run", "cnn_b", "--tta", "flip", "--fold", "0"]) == 0
+    assert main(["--workdir", str(work), "export", "p", "--runs", "cnn_b_tta-flip"]) == 0  # its weights came along
+    assert main(["--workdir", str(work), "blend", "--runs", "cnn_b_tta-flip", "--temperature"]) == 2
+    assert "--temperature learns from OOF labels and needs at least 2 folds" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["infer", str(work / "bundles" / "v1.5"), "--images", str(trained["root"] / "data" / "test"),
+                 "--batch-size", "0"]) == 2
+    assert "--batch-size 0: give a positive number" in capsys.readouterr().err
+
+
 @pytest.fixture
 def bundle(trained, tmp_path):
     out = tmp_path / "bundle"

@@ -24,6 +24,7 @@ from comp import staging
 from comp.cache import duplicate_report, load_rgb
 from comp.cli import build_parser, main
 from comp.folds import PrepareOptions, assign_folds, folds_dir, load_prepared, prepare
+from comp.io import CompError
 from comp.runs import fold_dir, oof_label_use, run_label_use
 from comp.tune import tuned_fields
 
@@ -277,6 +278,10 @@ def test_params_best_records_the_tuned_study_and_fold(workdir):
                                                  "trial": 3, "value": 0.9, "params": {"lr": 0.01}}))
     fields = tuned_fields(workdir, "simple_cnn")
     assert fields["tuned_on"]["fold"] == 0 and fields["tuned_on"]["study"] == "simple_cnn-fold0"
+    with pytest.raises(CompError, match="pass --arch, or --params-from STUDY"):  # the study is named after the net
+        tuned_fields(workdir, None)
+    assert tuned_fields(workdir, None, study="simple_cnn-fold0")["arch"] == "simple_cnn"  # the study says which
+    assert tuned_fields(workdir, None, str(study / "best.json"))["arch"] == "simple_cnn"
 
 
 def test_duplicates_stay_in_one_fold_and_other_splits_are_unchanged():

@@ -17,6 +17,7 @@ from comp.cli import main
 from comp.folds import load_prepared
 from comp.io import CompError
 from comp.predict import predict_run
+from comp.runs import is_complete
 from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, arch_ladder, budget_arch, parse_budget, plan
 from comp.train import TrainConfig, train, train_fold
 
@@ -235,11 +236,36 @@ def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch):
     def must_not_time(*args):
         raise AssertionError("a resumed run must not choose its net again")
 
-    monkeypatch.setattr("comp.train.ladder_arch", must_not_time)
+    monkeypatch.setattr("comp.budget.ladder_arch", must_not_time)
     [metrics] = train(TrainConfig(**cfg, resume=True))
     config = json.loads((run / "fold0" / "config.json").read_text())
     assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
     assert metrics["steps"] == config["total_steps"] == started["total_steps"]
+
+
+def test_resume_continues_the_unfinished_run_not_a_complete_one(tmp_path, workdir, monkeypatch):
+    """Two budgeted runs of fold 0 under ladder names: `fastnet` complete, then `fastnet_l` (a larger budget's
+    net) interrupted. `--resume` continues fastnet_l, whose checkpoint it finds, though fastnet comes first."""
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
+    cfg = dict(arch=None, fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the small budget's net"))
+    train(TrainConfig(**cfg))
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "a larger budget's net"))
+
+    def stop_in_epoch_3(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TrainConfig(**{**cfg, "force": True}), load_prepared(workdir), on_epoch=stop_in_epoch_3)
+    out = workdir / "runs" / "fastnet_l" / "fold0"
+    assert (out / "checkpoint.pt").exists() and is_complete(workdir / "runs" / "fastnet" / "fold0")
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: pytest.fail("a resumed run must not choose again"))
+    [metrics] = train(TrainConfig(**cfg, resume=True))
+    config = json.loads((out / "config.json").read_text())
+    assert config["arch"] == "fastnet_l" and config["plan"]["arch"] == "the resumed run's" and is_complete(out)
+    assert metrics["steps"] == config["total_steps"]
 
 
 def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):
@@ -253,6 +279,7 @@ def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):
     plain = (oof["view_logits"][0].argmax(1) == oof["labels"]).mean()
     assert metrics["accuracy_no_tta"] == pytest.approx(plain) == pytest.approx(history.val_accuracy.iloc[-1])
     [from_views] = predict_run(str(workdir), "fastnet", "none")
+    assert (workdir / "runs" / "fastnet_tta-none" / "fold0" / "model.pt").samefile(out / "model.pt")  # exportable
     stored = np.load(workdir / "runs" / "fastnet_tta-none" / "fold0" / "oof.npz")["logits"]
     np.testing.assert_allclose(stored, oof["view_logits"][0])
     for name in ("oof.npz", "test.npz"):  # without the views the model predicts again: the same logits
@@ -274,7 +301,7 @@ def test_fold_all_again_after_the_budget_ran_out_keeps_the_started_run(tmp_path,
     [first] = train(TrainConfig(**cfg))
     [run] = (workdir / "runs").iterdir()
     started = json.loads((run / "fold0" / "config.json").read_text())
-    monkeypatch.setattr("comp.train.ladder_arch",
+    monkeypatch.setattr("comp.budget.ladder_arch",
                         lambda *a: ("custom_cnn", {}, "another net, as a smaller budget could choose"))
     results = train(TrainConfig(**{**cfg, "fold": -1, "budget": 20.0}))
     assert len(results) == load_prepared(workdir).n_folds - 1  # fold 0 kept, the others trained
