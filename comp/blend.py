@@ -144,7 +144,10 @@ def fit_blend(opts: BlendOptions) -> FittedBlend:
     if opts.method == "select":
         fit_opts["metric"] = opts.metric
     result, blender, _ = score_blend(aligned, opts.method, label_map.num_classes, **fit_opts)
-    tag = "nested, honest" if result["nested"] else "no parameters fit"
+    label_use = sorted({row["oof_labels_used"] for row in per_run if row["oof_labels_used"]})
+    tag = ("nested" if result["nested"] else "no parameters fit") + (
+        f"; optimistic: runs used their OOF labels ({', '.join(label_use)})" if label_use else
+        ", honest" if result["nested"] else "")
     print(f"blend {opts.method}: OOF accuracy {result['accuracy']:.4f} ({tag}; in-sample "
           f"{result['insample_accuracy']:.4f}), macro-F1 {result['macro_f1']:.4f}, log loss {result['log_loss']:.4f}")
     if result["weights"] is not None and len(runs) > 1:

@@ -376,8 +376,10 @@ def _run(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: outputs written so far are complete; `comp train ... --resume` continues a run",
-              file=sys.stderr)
+        again = {"demo": "`comp demo` again continues it",
+                 "tune": "the same `comp tune` again adds its --trials to the study"}
+        print(f"\ninterrupted: outputs written so far are complete; "
+              f"{again.get(args.command, '`comp train ... --resume` continues a run')}", file=sys.stderr)
         return 130
     except Exception as exc:  # a case comp does not check yet: one line, never a traceback
         if debug:

@@ -9,6 +9,7 @@ Three layouts are recognised; every guess can be overridden (see `LayoutOverride
 from __future__ import annotations
 
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,31 @@ def open_competition(data: str | Path, workdir: Path) -> Path:
         print(f"extracting {data} -> {target}")
         with atomic_path(target) as tmp, zipfile.ZipFile(data) as archive:
             archive.extractall(tmp)
+            _extract_inner_zips(_descend_single_folder(tmp))
     return _descend_single_folder(target)
+
+
+def _extract_inner_zips(root: Path) -> None:
+    """Kaggle often ships the parts as zips inside the competition's zip (train.zip, test.zip,
+    train.csv.zip): a zip of one file gives that file, any other the folder its name gives."""
+    for inner in sorted(root.glob("*.zip")):
+        with zipfile.ZipFile(inner) as archive:
+            names = [n for n in archive.namelist() if not n.startswith("__MACOSX") and not n.endswith("/")]
+            if len(names) == 1 and "/" not in names[0]:
+                if not (root / names[0]).exists():
+                    archive.extract(names[0], root)
+                continue
+            folder = root / inner.stem
+            if folder.exists():
+                continue
+            print(f"extracting {inner.name} -> {folder.name}/")
+            scratch = root / f".{inner.stem}.unzip"
+            archive.extractall(scratch)
+        entries = [p for p in scratch.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        # train.zip holding train/...: the inner folder is the part, not a class of it
+        inside = entries[0] if len(entries) == 1 and entries[0].is_dir() and entries[0].name == inner.stem else scratch
+        inside.rename(folder)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _descend_single_folder(root: Path) -> Path:
@@ -96,6 +121,10 @@ def _looks_like_image_dir(path: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_EXTS for p in list(path.iterdir())[:50])
 
 
+_FLAGS = {"sample submission": "sample-submission", "test image": "test-dir", "train image": "image-dir",
+          "train csv": "train-csv", "validation csv": "val-csv", "validation image": "val-image-dir"}
+
+
 def _pick(root: Path, given: str | None, pattern: str, what: str, required=True, dirs=False) -> Path | None:
     if given:
         path = Path(given) if Path(given).is_absolute() else root / given
@@ -107,7 +136,11 @@ def _pick(root: Path, given: str | None, pattern: str, what: str, required=True,
     if not found:
         if required:
             kind = "folder" if dirs else "file"
-            raise CompError(f"no {what} {kind} found in {root} (looked for /{pattern}/); pass it with a flag")
+            zips = sorted(p.name for p in root.glob("*.zip"))
+            hint = (f"; {', '.join(zips[:4])} may hold it: extract them into {root}, or pass --data the competition's "
+                    f"own zip (zips inside it are extracted)") if zips else ""
+            raise CompError(f"no {what} {kind} found in {root} (looked for /{pattern}/); pass it with "
+                            f"--{_FLAGS[what]}{hint}")
         return None
     return found[0]
 
@@ -115,7 +148,7 @@ def _pick(root: Path, given: str | None, pattern: str, what: str, required=True,
 def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
     ov = ov or LayoutOverrides()
     sample = _pick(root, ov.sample_submission, r"sample.?sub.*\.csv$", "sample submission")
-    sub_cols = list(pd.read_csv(sample, nrows=0).columns)
+    sub_cols = list(read_input_csv(sample, nrows=0).columns)
     if len(sub_cols) < 2:
         raise CompError(f"{sample}: expected an id column and a label column, found {sub_cols}")
     test_dir = _pick(root, ov.test_dir, r"^test", "test image", dirs=True)
@@ -123,8 +156,11 @@ def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
     train_dir = _pick(root, ov.image_dir, r"^train", "train image", dirs=True,
                       required=train_csv is None)
     if train_csv is None:
-        return Layout(root, "class-folders", [Part("train", train_dir)], test_dir, sample,
-                      sub_cols[0], sub_cols[1], ext=ov.ext)
+        parts = [Part("train", train_dir)]
+        val_dir = _pick(root, ov.val_image_dir, r"^val", "validation image", dirs=True, required=False)
+        if val_dir is not None and any(p.is_dir() for p in val_dir.iterdir()):  # val/<class>/: merged into train
+            parts.append(Part("val", val_dir))
+        return Layout(root, "class-folders", parts, test_dir, sample, sub_cols[0], sub_cols[1], ext=ov.ext)
     if train_dir is None:
         train_dir = _image_dir_for(root, train_csv, "train")
     parts = [Part("train", train_dir, train_csv)]
@@ -138,6 +174,17 @@ def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
                   id_col=id_col, label_col=label_col, ext=ov.ext)
 
 
+def read_input_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """A competition's CSV, or an error that names it and says what to do."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise CompError(f"{path}: the file is empty; it needs a header row (e.g. id,label) and its rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CompError(f"{path}: cannot be read as a CSV ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                        f"save it as UTF-8 comma-separated text with one header row") from None
+
+
 def _image_dir_for(root: Path, csv: Path, prefix: str) -> Path:
     dirs = [p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith(prefix)]
     if not dirs:
@@ -146,7 +193,7 @@ def _image_dir_for(root: Path, csv: Path, prefix: str) -> Path:
 
 
 def _label_columns(train_csv: Path, sub_cols: list[str], ov: LayoutOverrides) -> tuple[str, str]:
-    cols = list(pd.read_csv(train_csv, nrows=0).columns)
+    cols = list(read_input_csv(train_csv, nrows=0).columns)
     id_col = ov.id_col or (sub_cols[0] if sub_cols[0] in cols else cols[0])
     label_col = ov.label_col or (sub_cols[1] if sub_cols[1] in cols else (cols[1] if len(cols) > 1 else None))
     for name, flag in ((id_col, "--id-col"), (label_col, "--label-col")):
@@ -193,7 +240,7 @@ class Problem:
 
 def read_train_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
     tables = [_read_part(layout, part, problems) for part in layout.parts]
-    table = pd.concat(tables, ignore_index=True)
+    table = _keep_parts_apart(pd.concat(tables, ignore_index=True))
     _check_duplicate_ids(table, problems)
     train_classes = set(table.loc[table.source == "train", "label"])
     for row in table[(table.source != "train") & ~table.label.isin(train_classes)].itertuples():
@@ -204,7 +251,7 @@ def read_train_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
 def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFrame:
     if part.csv is None:
         return _read_class_folders(part, layout.ext, problems)
-    frame = pd.read_csv(part.csv, dtype=str, keep_default_na=False)
+    frame = read_input_csv(part.csv, dtype=str, keep_default_na=False)
     for col in (layout.id_col, layout.label_col):
         if col not in frame.columns:
             raise CompError(f"{part.csv}: column {col!r} missing (columns: {list(frame.columns)})")
@@ -229,7 +276,7 @@ def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFr
 
 def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) -> pd.DataFrame:
     def wanted(path: Path) -> bool:
-        return path.suffix.lower() in IMAGE_EXTS and (ext is None or path.suffix.lstrip(".") == ext.lstrip("."))
+        return path.suffix.lower() in IMAGE_EXTS and (ext is None or path.suffix.lower() == "." + ext.lstrip(".").lower())
 
     rows, loose = [], 0
     for entry in sorted(part.image_dir.iterdir()):
@@ -241,24 +288,37 @@ def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) ->
         elif wanted(entry):
             loose += 1
             problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))
+    frame = pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
+    if frame.id.duplicated().any():  # each class numbers its own images (cat/0.png, dog/0.png): class/name
+        frame["id"] = frame["label"] + "/" + frame["id"]
     if not rows:
         only = f" with extension {ext}" if ext else ""
         hint = (f": its {loose} images are not in class folders; write their labels to a CSV (columns id,label, "
                 f"e.g. from the file names) and pass it with --train-csv") if loose else ""
         raise CompError(f"{part.image_dir}: no class sub-folders with images{only} found{hint}")
-    return pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
+    return frame
+
+
+def _keep_parts_apart(table: pd.DataFrame) -> pd.DataFrame:
+    """Parts that number their images alike (train/0.png, val/0.png) hold different images under one id:
+    in every part after the first that uses an id, the id gets the part's name in front (val/0.png).
+    An id repeated inside one part stays a duplicate (_check_duplicate_ids)."""
+    clash = table.source != table.groupby("id", sort=False)["source"].transform("first")
+    table.loc[clash, "id"] = table.source[clash] + "/" + table.id[clash]
+    return table
 
 
 def _check_duplicate_ids(table: pd.DataFrame, problems: list[Problem]) -> None:
     dup = table[table.duplicated("id", keep=False)]
     for image_id, group in dup.groupby("id", sort=False):
         wheres = list(group["where"])
-        problems.append(Problem(wheres[-1], f"duplicate id {image_id!r} (also at {', '.join(wheres[:-1])})"))
+        for where in wheres[1:]:  # one per repeat: --skip-bad then drops every copy after the first
+            problems.append(Problem(where, f"duplicate id {image_id!r} (also at {wheres[0]})"))
 
 
 def read_test_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
     """Test ids in the sample submission's order, each with its image path."""
-    sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
+    sample = read_input_csv(layout.sample_submission, dtype=str, keep_default_na=False)
     index = ImageIndex(layout.test_dir, layout.ext)
     rows = []
     for i, image_id in enumerate(sample[layout.sub_id_col]):

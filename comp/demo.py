@@ -15,7 +15,7 @@ from PIL import Image
 
 from .blend import BlendOptions, blend
 from .folds import PrepareOptions, prepare
-from .io import atomic_path, write_csv
+from .io import CompError, atomic_path, read_json, write_csv
 from .train import TrainConfig, train
 
 DEMO_ARCHS = ("simple_cnn", "custom_cnn")
@@ -31,6 +31,9 @@ def make_digits_competition(root: Path, size: int = 32, test_fraction: float = 0
     n_test = int(len(images) * test_fraction)
     test_rows, train_rows = order[:n_test], order[n_test:]
     comp_dir = root / "digits"
+    # the answers first: a kill before the folder is complete makes the next demo write both again
+    write_csv(root / "digits_answers.csv", pd.DataFrame({"id": np.arange(1, n_test + 1),
+                                                         "label": digits.target[test_rows]}))
     with atomic_path(comp_dir) as tmp:
         (tmp / "train").mkdir(parents=True)
         (tmp / "test").mkdir()
@@ -42,8 +45,18 @@ def make_digits_competition(root: Path, size: int = 32, test_fraction: float = 0
                                                           "label": digits.target[train_rows]}))
         test_ids = np.arange(1, n_test + 1)
         write_csv(tmp / "sampleSubmission.csv", pd.DataFrame({"id": test_ids, "label": 0}))
-    write_csv(root / "digits_answers.csv", pd.DataFrame({"id": test_ids, "label": digits.target[test_rows]}))
     return comp_dir
+
+
+def _check_not_another_competition(root: Path, comp_dir: Path) -> None:
+    """The demo prepares its digits over <workdir>/folds: never over a real competition's."""
+    prepared = root / "folds" / "prepare.json"
+    if not prepared.exists():
+        return
+    data = Path(read_json(prepared).get("layout", {}).get("root", ""))
+    if data.resolve() != comp_dir.resolve():
+        raise CompError(f"{root.resolve()} is prepared for {data}: the demo would replace its folds/; "
+                        f"run it in a folder of its own: comp --workdir demo demo")
 
 
 def run_demo(workdir: str = "demo", epochs: float = 8, n_folds: int = 5) -> float:
@@ -51,7 +64,8 @@ def run_demo(workdir: str = "demo", epochs: float = 8, n_folds: int = 5) -> floa
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     comp_dir = root / "digits"
-    if not comp_dir.exists():
+    _check_not_another_competition(root, comp_dir)
+    if not comp_dir.exists() or not (root / "digits_answers.csv").exists():
         make_digits_competition(root)
     print(f"== comp prepare --data {comp_dir}")
     prepare(PrepareOptions(str(comp_dir), str(root), folds=n_folds))
@@ -59,7 +73,7 @@ def run_demo(workdir: str = "demo", epochs: float = 8, n_folds: int = 5) -> floa
         print(f"== comp train --arch {arch} --fold all --epochs {epochs}")
         # Digits are not mirror-symmetric: shifts only, and no flip TTA.
         train(TrainConfig(arch=arch, fold=-1, workdir=str(root), epochs=epochs, patience=0,
-                          aug="translate:2", tta="none"))
+                          aug="translate:2", tta="none", resume=True))  # an interrupted demo continues
     print("== comp blend --method soft")
     out = blend(BlendOptions(method="soft", name="demo_soft", workdir=str(root)))
     submission = pd.read_csv(out, dtype=str)

@@ -25,8 +25,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import cache as cache_mod
 from . import staging
-from .data import (LayoutOverrides, Problem, detect_layout, open_competition, read_test_table, read_train_table,
-                   unlisted_test_images)
+from .data import (LayoutOverrides, Problem, detect_layout, open_competition, read_input_csv, read_test_table,
+                   read_train_table, unlisted_test_images)
 from .io import CompError, read_json, write_csv, write_json
 from .labels import LabelMap, build_label_map
 from .runs import runs_root
@@ -130,7 +130,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         caches = {split: stage.path / "cache" / f"{split}_{size}.npy" for split in ("train", "test")} \
             if opts.cache else {}
         train, train_hashes, test_hashes = _decode_all(train, test, layout, size, caches, opts, problems)
-        sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
+        sample = read_input_csv(layout.sample_submission, dtype=str, keep_default_na=False)
         label_map = build_label_map(train.label, sample[layout.sub_label_col])
         train["fold"] = assign_folds(train.label, opts.folds, opts.seed, groups=train_hashes)
 

@@ -129,7 +129,7 @@ def blends_figure(labels: list[str], accuracies: list[float], is_blend: list[boo
     low = max(0.0, acc.min() - spread)
     ax.set_xlim(low, min(1.0, acc.max()) + 0.3 * spread)
     ax.bar_label(bars, labels=[f"{a:.4f}" for a in acc], padding=3, fontsize=9)
-    ax.set_xlabel(f"honest OOF accuracy (axis starts at {low:.3f})")
+    ax.set_xlabel(f"OOF accuracy (axis starts at {low:.3f})")
     ax.set_title(title)
     ax.legend(handles=[Patch(color=BLEND_COLOUR, label="blend"), Patch(color=RUN_COLOUR, label="single run")],
               loc="lower right", fontsize=8)

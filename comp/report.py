@@ -71,11 +71,15 @@ def report(opts: ReportOptions) -> dict:
                      + ", ".join(f"{r.name} (folds {r.fold_ids})" for r in left_out))
     aligned = align(group, test_ids)
     blends, honest_scores, skipped = compare_blends(aligned, methods, label_map.num_classes)
+    # a blend of runs that used their OOF labels is as optimistic as they are, nested or not
+    label_use = ",".join(sorted({use for run in group for use in run_label_use(run).split(",") if use}))
+    if len(blends):
+        blends["oof_labels_used"] = label_use
     notes += skipped
     for note in notes:
         print(f"note: {note}")
-    print_table(f"Blends of {len(group)} run(s) on {len(aligned.y)} shared OOF rows "
-                f"(accuracy/macro-F1/log loss are honest: nested when learned)", blends)
+    print_table(f"Blends of {len(group)} run(s) on {len(aligned.y)} shared OOF rows (accuracy/macro-F1/log loss: "
+                f"nested when learned; {_honesty(label_use)})", blends)
 
     # Per class: the chosen run on its own rows, the best blend on the shared rows.
     best_blend = blends.method.iloc[0] if len(blends) else None
@@ -240,12 +244,17 @@ def run_history(run: Run) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def _honesty(label_use: str) -> str:
+    return f"optimistic: the runs used their OOF labels ({label_use})" if label_use else "honest"
+
+
 def blends_chart(aligned: Aligned, blends: pd.DataFrame, num_classes: int):
     singles = run_scores(aligned, num_classes)  # on the same shared rows as the blends
     labels = [f"blend {m}" for m in blends.method] + [f"run {r['run']}" for r in singles]
     accuracies = list(blends.accuracy) + [r["accuracy"] for r in singles]
     is_blend = [True] * len(blends) + [False] * len(singles)
-    title = f"Honest OOF accuracy on {len(aligned.y)} shared rows"
+    label_use = blends.oof_labels_used.iloc[0] if len(blends) else ""
+    title = f"OOF accuracy on {len(aligned.y)} shared rows ({_honesty(label_use)})"
     return plots.blends_figure(labels, accuracies, is_blend, title)
 
 
@@ -323,7 +332,9 @@ def render_html(workdir, label_map, board, blends, per_class, png, chosen, ranke
         "<h2>Leaderboard</h2><p class='muted'>Each run scored on its own out-of-fold rows.</p>", _table_html(board),
         "<h2>Blends</h2><p class='muted'>Accuracy, macro-F1 and log loss are honest: methods that learn from "
         "labels are fit on the other folds and scored on each held-out fold. In-sample accuracy is optimistic."
-        "</p>", _img_html(png, "blends.png"), _table_html(blends),
+        + (f" The runs used their held-out labels ({esc(blends.oof_labels_used.iloc[0])}), so every blend score "
+           "here is optimistic too." if len(blends) and blends.oof_labels_used.iloc[0] else "")
+        + "</p>", _img_html(png, "blends.png"), _table_html(blends),
         "<h2>Per class</h2><p class='muted'>The run on its own OOF rows; the best blend on the shared rows "
         "(honest scores).</p>", _table_html(per_class),
         f"<h2>Run {esc(chosen.name)}</h2>", _run_section(chosen, png),

@@ -110,24 +110,35 @@ def submit(csv_path, competition: str, message: str | None = None, dry_run: bool
         return
     if not has_credentials():
         raise CompError(CREDENTIAL_HELP)
-    from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: importing kaggle authenticates
-
-    api = KaggleApi()
-    api.authenticate()
-    api.competition_submit(str(csv_path), message, competition)
+    api = _kaggle_api(CREDENTIAL_HELP)
+    try:
+        api.competition_submit(str(csv_path), message, competition)
+    except Exception as exc:  # the API raises HTTP errors of its own types
+        raise CompError(f"kaggle did not take the submission to {competition!r} ({exc}); check the name, accept the "
+                        f"competition's rules on its Kaggle page, and the day's submission limit") from None
     print(f"submitted {csv_path} to {competition}: {message}")
+
+
+def _kaggle_api(help_text: str):
+    """An authenticated KaggleApi. kaggle exits the process (SystemExit) on credentials it cannot use."""
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: importing kaggle authenticates
+
+        api = KaggleApi()
+        api.authenticate()
+    except (SystemExit, Exception) as exc:
+        raise CompError(f"kaggle could not log in ({exc or 'it exited'}): the credentials found are not usable. "
+                        f"{help_text}") from None
+    return api
 
 
 def download(competition: str, path=".") -> Path:
     """The competition's files as one zip, for `comp prepare --data`."""
     if not has_credentials():
         raise CompError(credential_help(f"run comp download {competition} again"))
-    from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: importing kaggle authenticates
-
+    api = _kaggle_api(credential_help(f"run comp download {competition} again"))
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    api = KaggleApi()
-    api.authenticate()
     try:
         api.competition_download_files(competition, path=str(folder), quiet=False)
     except Exception as exc:  # the API raises HTTP errors of its own types (403: rules not accepted)

@@ -152,7 +152,8 @@ def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     resuming = cfg.resume and (out / "checkpoint.pt").exists()
-    if cfg.resume and not resuming:  # say so at once: a user who expected to continue can stop here
+    if cfg.resume and not resuming and (out / "config.json").exists() and not is_complete(out):
+        # a run started here and left no checkpoint: say so at once, a user who expected to continue can stop
         print(f"{out}: no checkpoint to resume (one is written after each epoch); this fold trains from the start")
     if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
         for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):

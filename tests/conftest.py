@@ -100,9 +100,11 @@ def make_competition(root: Path, layout: str = "cifar", classes=None, per_class:
     return facts
 
 
-def zip_folder(folder: Path, out: Path) -> Path:
+def zip_folder(folder: Path, out: Path, only: str | None = None) -> Path:
+    """folder's files in a zip, named relative to folder; only: just that entry of it (a file or a sub-folder)."""
+    start = folder / only if only else folder
     with zipfile.ZipFile(out, "w") as archive:
-        for path in sorted(folder.rglob("*")):
+        for path in sorted([start] if start.is_file() else start.rglob("*")):
             archive.write(path, path.relative_to(folder))
     return out
 

@@ -231,6 +231,15 @@ def test_download_through_a_fake_kaggle_then_prepare(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "KAGGLE_API_TOKEN" in err and "comp download tiny-comp again" in err and not calls
     monkeypatch.setenv("KAGGLE_API_TOKEN", "fake")
+
+    class RefusedLogin(FakeApi):
+        def authenticate(self):  # what kaggle does with credentials it cannot use
+            raise SystemExit(1)
+
+    module.KaggleApi = RefusedLogin
+    assert main(["download", "tiny-comp", "--path", str(tmp_path / "dl")]) == 2
+    assert "kaggle could not log in" in capsys.readouterr().err and not calls
+    module.KaggleApi = FakeApi
     assert main(["download", "tiny-comp", "--path", str(tmp_path / "dl")]) == 0
     assert calls == ["auth", "tiny-comp"]
     assert main(["--workdir", str(tmp_path / "w"), "prepare", "--data", str(tmp_path / "dl" / "tiny-comp.zip"),

@@ -161,6 +161,14 @@ def test_cli_end_to_end(tmp_path, workdir, capsys, monkeypatch):
     assert "kaggle" not in sys.modules  # importing kaggle authenticates: never done without credentials
 
 
+def test_demo_will_not_prepare_over_a_competition(tmp_path, workdir, capsys):
+    make_competition(tmp_path / "data", "cifar", per_class=4)
+    assert main(["prepare", "--data", str(tmp_path / "data"), "--folds", "2"]) == 0
+    assert main(["demo"]) == 2  # the workdir is `.`, prepared for this competition
+    assert "the demo would replace its folds/; run it in a folder of its own" in capsys.readouterr().err
+    assert not (workdir / "digits").exists()
+
+
 def test_cli_errors_and_help(tmp_path, workdir, capsys):
     assert main(["train", "--arch", "custom_cnn"]) == 2
     assert "comp prepare" in capsys.readouterr().err

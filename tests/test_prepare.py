@@ -237,6 +237,64 @@ def test_duplicate_ids(tmp_path, workdir):
         run_prepare(root, workdir, folds=3)
 
 
+def test_a_third_copy_of_an_id_is_dropped_too(tmp_path, workdir):
+    root = tmp_path / "dup3"
+    make_competition(root, "cifar", per_class=6)
+    labels = pd.read_csv(root / "trainLabels.csv", dtype=str)
+    labels.loc[[5, 9], "id"] = "2"  # rows 3, 7 and 11 of the file all say id 2
+    labels.to_csv(root / "trainLabels.csv", index=False)
+    with pytest.raises(CompError, match=r"row 11: duplicate id '2' \(also at trainLabels.csv row 3\)"):
+        run_prepare(root, workdir, folds=3)
+    run_prepare(root, workdir, folds=3, skip_bad=True)
+    assert list(load_prepared(workdir).folds.id).count("2") == 1
+
+
+def test_class_folders_numbered_per_class_with_a_val_part(tmp_path, workdir):
+    """cat/0.PNG and dog/0.PNG are two images, and so are train/cat/0.PNG and val/cat/0.PNG: ids keep them apart."""
+    root = tmp_path / "numbered"
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 6), ("val", 2)):
+        for c, label in enumerate(("cat", "dog")):
+            (root / part / label).mkdir(parents=True)
+            for i in range(n):
+                write_image(root / part / label / f"{i}.PNG", class_image(c, 2, 16, rng))
+    (root / "test").mkdir()
+    write_image(root / "test" / "t0.png", class_image(0, 2, 16, rng))
+    pd.DataFrame({"id": ["t0.png"], "label": "cat"}).to_csv(root / "sample_submission.csv", index=False)
+    summary = run_prepare(root, workdir, folds=2, overrides=LayoutOverrides(ext="png"))
+    folds = load_prepared(workdir).folds
+    assert len(folds) == 16 and folds.id.is_unique and summary["by_source"] == {"train": 12, "val": 4}
+    assert {"cat/0", "dog/0", "val/cat/0"} <= set(folds.id)  # --ext: ids without it, any case
+
+
+def test_zips_inside_the_competition_zip_are_extracted(tmp_path, workdir):
+    root = tmp_path / "inner"
+    make_competition(root, "cifar", per_class=6)
+    for name in ("train", "test"):  # Kaggle's shape: train.zip holding train/, test.zip holding test/
+        zip_folder(root, tmp_path / f"{name}.zip", only=name)
+    zip_folder(root, tmp_path / "trainLabels.csv.zip", only="trainLabels.csv")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("train.zip", "test.zip", "trainLabels.csv.zip"):
+        (tmp_path / name).rename(shipped / name)
+    (root / "sampleSubmission.csv").rename(shipped / "sampleSubmission.csv")
+    with pytest.raises(CompError, match=r"pass it with --test-dir; test.zip, train.zip, trainLabels.csv.zip may hold"):
+        run_prepare(shipped, workdir, folds=3)
+    run_prepare(zip_folder(shipped, tmp_path / "comp.zip"), workdir, folds=3)
+    assert len(load_prepared(workdir).folds) == 18
+
+
+def test_unreadable_csv_names_the_file(tmp_path, workdir):
+    root = tmp_path / "emptycsv"
+    make_competition(root, "cifar", per_class=6)
+    (root / "sampleSubmission.csv").write_text("")
+    with pytest.raises(CompError, match=r"sampleSubmission.csv: the file is empty"):
+        run_prepare(root, workdir, folds=3)
+    (root / "sampleSubmission.csv").write_bytes(b"id,label\n1,caf\xe9\n")  # cp1252, not UTF-8
+    with pytest.raises(CompError, match=r"sampleSubmission.csv: cannot be read as a CSV \(UnicodeDecodeError"):
+        run_prepare(root, workdir, folds=3)
+
+
 def test_test_image_missing_is_always_fatal(tmp_path, workdir):
     root = tmp_path / "notest"
     make_competition(root, "cifar")
