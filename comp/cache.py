@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from .data import Problem
 from .io import atomic_path
+from .progress import progress
 
 
 def scan_headers(paths, desc="scanning") -> tuple[list, list, list[tuple[int, str]]]:
     """Read only the headers: (sizes, modes, unreadable (row, error))."""
     sizes, modes, bad = [], [], []
-    for row, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=None)):
+    for row, path in enumerate(progress(paths, desc=desc, unit="img", leave=False)):
         try:
             with Image.open(path) as img:
                 sizes.append(img.size)
@@ -113,7 +113,7 @@ def build_cache(paths, size: int, out_path: Path | None, desc: str) -> tuple[lis
 
 def _decode_all(paths, size: int, desc: str, array) -> tuple[list[tuple[int, str]], list[str]]:
     bad, hashes = [], []
-    for row, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None)):
+    for row, path in enumerate(progress(paths, desc=desc, unit="img")):
         try:
             pixels = load_rgb(path, size)
         except Exception as exc:

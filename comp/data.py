@@ -8,6 +8,7 @@ Three layouts are recognised; every guess can be overridden (see `LayoutOverride
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import zipfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import CompError, atomic_path
+from .io import CompError, atomic_path, read_json, write_json
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -79,12 +80,30 @@ def open_competition(data: str | Path, workdir: Path) -> Path:
     if not zipfile.is_zipfile(data):
         raise CompError(f"--data {data}: not a zip file or a folder")
     target = workdir / "data" / data.stem
-    if not target.exists():
-        print(f"extracting {data} -> {target}")
-        with atomic_path(target) as tmp, zipfile.ZipFile(data) as archive:
+    stamp_file, stamp = target.with_name(f"{target.name}.zip.json"), _zip_stamp(data)
+    changed = target.exists() and stamp_file.exists() and read_json(stamp_file) != stamp
+    if changed or not target.exists():
+        print(f"{data} differs from the zip extracted to {target} (size or time): extracting it again" if changed
+              else f"extracting {data} -> {target}")
+        fresh = target.with_name(f"{target.name}.new")
+        shutil.rmtree(fresh, ignore_errors=True)  # a kill's leftover between the two renames below
+        with atomic_path(fresh) as tmp, zipfile.ZipFile(data) as archive:
             archive.extractall(tmp)
             _extract_inner_zips(_descend_single_folder(tmp))
+        old = target.with_name(f".{target.name}.old.tmp-{os.getpid()}")  # goes once the new files are in
+        if target.exists():
+            os.replace(target, old)
+        os.replace(fresh, target)
+        shutil.rmtree(old, ignore_errors=True)
+    if not stamp_file.exists() or read_json(stamp_file) != stamp:
+        write_json(stamp_file, stamp)
     return _descend_single_folder(target)
+
+
+def _zip_stamp(path: Path) -> dict:
+    """What tells a re-downloaded zip from the one extracted before, without reading it."""
+    info = path.stat()
+    return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 def _extract_inner_zips(root: Path) -> None:

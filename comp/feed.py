@@ -27,11 +27,11 @@ import os
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .augment import TTA_WEIGHTS, BatchAugment, combine_views, parse_aug, tta_views
 from .distributed import run_on_main
 from .io import CompError
+from .progress import progress
 
 LOADERS = ("auto", "cache", "albu")
 BATCH_ONLY = ("cutmix", "mixup")  # mix pairs of images: no per-image counterpart
@@ -76,7 +76,7 @@ def predict_views(model, batches, tta: str, device, precision, desc=None) -> np.
     """Logits of every image of `batches` under each TTA view: (views, N, C), views in tta_views' order."""
     model.eval()
     out = []
-    for x in tqdm(batches, desc=desc, leave=False, disable=None if desc else True):
+    for x in progress(batches, desc=desc, unit="batch", leave=False, show=bool(desc)):
         with autocast(device, precision):
             out.append(torch.stack([model(view).float() for _, view in tta_views(x, tta)]).cpu())
     return torch.cat(out, dim=1).numpy() if out else np.zeros((len(TTA_WEIGHTS[tta]), 0, 0), np.float32)

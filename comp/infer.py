@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from . import ensemble
 from .cache import load_rgb, scan_headers
@@ -26,6 +25,7 @@ from .data import IMAGE_EXTS
 from .feed import Images, in_batches, predict_logits
 from .io import CompError, write_csv, write_npz
 from .labels import LabelMap, natural_sorted
+from .progress import progress
 from .models import create_model
 from .submit import validate_submission
 
@@ -128,7 +128,7 @@ class Bundle:
         n, n_classes = len(paths), len(self.classes)
         probs, bad = np.zeros((n, n_classes)), []
         logits = np.zeros((self.blender.n_runs, n, n_classes), np.float32) if keep_logits else None
-        bar = tqdm(total=n, desc="infer", unit="img", smoothing=0.1)
+        bar = progress(total=n, desc="infer", unit="img")
         for start in range(0, n, CHUNK):
             chunk = paths[start:start + CHUNK]
             pixels, chunk_bad = self._decode(chunk, skip_bad)

@@ -347,3 +347,25 @@ def test_every_option_has_a_help_text_and_none_says_as_above():
 def test_license_is_an_spdx_string():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'license = "MIT"' in text and "license = {" not in text
+
+
+# 11. progress where output goes to a file -----------------------------------------------------------
+
+def test_progress_prints_a_line_every_few_percent_into_a_file():
+    import io
+
+    from comp.progress import QUIET_SECONDS, STEP_PERCENT, LineProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    for _ in LineProgress(range(200), desc="decode", unit="img", stream=stream, clock=lambda: now[0]):
+        now[0] += 0.1  # 20 s in all: 10 img/s
+    lines = stream.getvalue().splitlines()
+    assert QUIET_SECONDS == 2 and STEP_PERCENT == 5  # the figures below assume these
+    assert lines[0].startswith("decode: 10% (20/200 img)")  # the first line once QUIET_SECONDS have passed
+    assert len(lines) == 19 and lines[-1].startswith("decode: 100% (200/200 img)")  # 10, 15, ..., 100%
+    assert "10 img/s, 0s left" in lines[-1] and "img/s, 18s left" in lines[0]
+    quiet = io.StringIO()
+    for _ in LineProgress(range(50), desc="fast", stream=quiet, clock=lambda: 0.0):
+        pass
+    assert quiet.getvalue() == ""  # short work prints nothing

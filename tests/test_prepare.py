@@ -284,6 +284,20 @@ def test_zips_inside_the_competition_zip_are_extracted(tmp_path, workdir):
     assert len(load_prepared(workdir).folds) == 18
 
 
+def test_a_changed_zip_is_extracted_again(tmp_path, workdir, capsys):
+    make_competition(tmp_path / "v1", "cifar", per_class=6)
+    archive = zip_folder(tmp_path / "v1", tmp_path / "comp.zip")
+    run_prepare(archive, workdir, folds=3)
+    run_prepare(archive, workdir, folds=3)
+    assert "extracting it again" not in capsys.readouterr().out
+    make_competition(tmp_path / "v2", "cifar", per_class=9)  # the competition's data updated, same file name
+    zip_folder(tmp_path / "v2", archive)
+    run_prepare(archive, workdir, folds=3)
+    assert "differs from the zip extracted" in capsys.readouterr().out
+    assert len(load_prepared(workdir).folds) == 27 and sorted(p.name for p in (workdir / "data").iterdir()) == [
+        "comp", "comp.zip.json"]
+
+
 def test_unreadable_csv_names_the_file(tmp_path, workdir):
     root = tmp_path / "emptycsv"
     make_competition(root, "cifar", per_class=6)
