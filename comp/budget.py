@@ -70,8 +70,9 @@ class BudgetedRun:
         total = run.refit(step)
     """
 
-    def __init__(self, clock: FoldClock, n_predict: int, tta: str, tta_given: bool):
+    def __init__(self, clock: FoldClock, n_predict: int, tta: str, tta_given: bool, say=print):
         self.clock, self.n_predict, self.tta, self.tta_given = clock, n_predict, tta, tta_given
+        self.say = say  # under torchrun, rank 0's print only
         self.t0 = self.step0 = self.per_image = None
 
     def after_step(self, step: int, model, x, device, precision) -> dict | None:
@@ -88,7 +89,7 @@ class BudgetedRun:
         if not self.tta_given:
             self.tta = self.clock.choose_tta(self.tta, self.n_predict, self.per_image)
         total = self.clock.fit_steps(step, per_step, self.predict_seconds())
-        print(f"budget plan: {per_step:.2f} s a step ({len(x) / per_step:.0f} img/s), TTA {self.tta} "
+        self.say(f"budget plan: {per_step:.2f} s a step ({len(x) / per_step:.0f} img/s), TTA {self.tta} "
               f"({self.n_predict} images, {self.per_image * 1e3:.2f} ms an image a view): "
               f"{total} steps in all, to end inside {self.clock.seconds:.0f} s")
         return {"total_steps": total, "tta": self.tta}

@@ -32,8 +32,6 @@ from .io import CompError, atomic_path, read_json, write_json
 
 FORMAT = 1
 BUNDLE_FILE, MANIFEST_FILE, LABELS_FILE = "bundle.json", "manifest.json", "labels.json"
-# model_kwargs that fetch or read weights at build time: in a bundle the weights come from its own files
-WEIGHT_KWARGS = ("pretrained", "weights")
 
 
 @dataclass
@@ -122,6 +120,7 @@ def _export_run(root: Path, run, half: bool) -> dict:
     import torch
 
     from .io import save_torch
+    from .models import without_weight_kwargs
 
     config = run.folds[0].config
     folds = []
@@ -137,7 +136,7 @@ def _export_run(root: Path, run, half: bool) -> dict:
         save_torch(root / rel, state)
         folds.append({"fold": fold.fold, "file": rel, "mean": fold.config["mean"], "std": fold.config["std"],
                       "tta": fold.config.get("tta", "none")})  # each fold's own: --budget may give folds fewer views
-    kwargs = {k: v for k, v in config.get("model_kwargs", {}).items() if k not in WEIGHT_KWARGS}
+    kwargs = without_weight_kwargs(config.get("model_kwargs", {}))  # a bundle's weights are its own files
     return {"name": run.name, "arch": config["arch"], "model_kwargs": kwargs, "num_classes": config["num_classes"],
             "img_size": config["img_size"], "tta": config.get("tta", "none"), "label_hash": config["label_hash"],
             "folds": folds}

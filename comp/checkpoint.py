@@ -14,7 +14,8 @@ from .io import CompError, save_torch
 
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
                "schedule", "bias_lr_scale", "ema", "ema_decay", "aug", "grad_clip", "muon_lr", "muon_momentum", "model_kwargs",
-               "img_size", "loader", "label_hash", "folds_fingerprint")
+               "img_size", "loader", "label_hash", "folds_fingerprint",
+               "seed", "world_size")  # the seed draws altflip's pattern and the shards: a new one would not continue
 # What a run did before its checkpoint recorded a key: a checkpoint without the key is compared
 # as if it held this value. Without it, a run started before the key existed and resumed now
 # would silently take today's planned value (lookahead's window was fixed at 0.95 until dc65211).
@@ -51,7 +52,13 @@ def save_checkpoint(path, model, optimizer, lookahead, plateau, state, best_weig
                       "lookahead": lookahead.state_dict() if lookahead else None,
                       "plateau": plateau.state_dict(), "state": state, "best_weights": best_weights,
                       "rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+                      "cuda_rng": _cuda_rng(model)})
+
+
+def _cuda_rng(model):
+    """The training device's CUDA RNG state only: a resume may see other GPUs, or fewer."""
+    device = next(model.parameters()).device
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def read_checkpoint(path: Path):
@@ -74,6 +81,10 @@ def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, path):
         lookahead.load_state_dict({"average": to_device(ckpt["lookahead"]["average"])})
     plateau.load_state_dict(ckpt["plateau"])
     torch.set_rng_state(ckpt["rng"])
-    if ckpt.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    cuda_rng = ckpt.get("cuda_rng")
+    if isinstance(cuda_rng, (list, tuple)):  # checkpoints before 2026-11-29 kept every visible GPU's
+        index = (device.index or 0) if device.type == "cuda" else None
+        cuda_rng = cuda_rng[index] if index is not None and index < len(cuda_rng) else None
+    if cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng, device)
     return ckpt["state"], to_device(ckpt["best_weights"])

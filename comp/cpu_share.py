@@ -73,7 +73,10 @@ def live_trainings() -> int:
         if not pid.isdigit():
             continue
         if process_gone(host, int(pid)):
-            entry.unlink(missing_ok=True)
+            try:
+                entry.unlink(missing_ok=True)
+            except OSError:  # another user's entry in a sticky /tmp: not ours to remove, and not counted
+                pass
         elif host == socket.gethostname():
             count += 1
     return count

@@ -86,7 +86,8 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
     path = fold_dir(workdir, name, fold)
     row = dict(arch=arch, fold=fold, path=str(path), accuracy=None, seconds=None)
     if is_complete(path):
-        return {**row, "status": "skipped: complete", "accuracy": _accuracy(path)}
+        status = "skipped: complete" + _recipe_differs(path, train_kwargs)
+        return {**row, "status": status, "accuracy": _accuracy(path)}
     started = time.time()
     # resume=True: an unfinished run left by a crash continues; one still being trained is
     # locked by its process, and train_fold raises CompError before touching it.
@@ -97,9 +98,20 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
         return {**row, "status": "skipped: busy"}
     except CompError as exc:
         return {**row, "status": f"failed: {exc}"}
-    except (ValueError, RuntimeError) as exc:  # a bad recipe for this model, out of memory ...
+    except Exception as exc:  # a bad recipe for this model, out of memory ...: the grid goes on
         return {**row, "status": f"failed: {type(exc).__name__}: {exc}"}
     return {**row, "status": "trained", "accuracy": metrics.get("accuracy"), "seconds": round(time.time() - started, 1)}
+
+
+def _recipe_differs(path, train_kwargs: dict) -> str:
+    """', trained with epochs=20 (asked 5)' where the finished run's recipe is not the one asked for."""
+    try:
+        trained = read_json(path / "config.json")
+    except (OSError, ValueError):
+        return ""
+    differ = [f"{k}={trained.get(k)!r} (asked {v!r})" for k, v in train_kwargs.items()
+              if v is not None and k in trained and trained[k] != v]
+    return f", trained with {', '.join(differ)}; --force in comp train to redo it" if differ else ""
 
 
 def _accuracy(path) -> float | None:

@@ -13,7 +13,7 @@ import torch
 from .checkpoint import load_weights
 from .folds import load_prepared, split_fingerprint
 from .io import CompError, link_or_copy, read_json, write_json, write_npz, write_text
-from .models import create_model
+from .models import create_model, without_weight_kwargs
 from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
 from .augment import TTA_WEIGHTS, combine_views
 from .feed import make_feed, resolve_loader
@@ -99,7 +99,7 @@ def fold_model_and_feed(prepared, src, config, in_fold, device_name="auto", batc
                         f"retrain it (comp train --force) or choose a TTA its stored views allow")
     checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
     model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
-                         img_size=config["img_size"], **config.get("model_kwargs", {}))
+                         img_size=config["img_size"], **without_weight_kwargs(config.get("model_kwargs", {})))
     load_weights(model, checkpoint["state_dict"], src / "model.pt")
     model = model.to(device).to(memory_format=torch.channels_last)
     # The images come the way the run was trained on them (runs from before --loader: the cache).

@@ -42,7 +42,7 @@ from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
-from .models import create_model
+from .models import create_model, without_weight_kwargs
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .recipe import format_seconds, plan
 from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use
@@ -174,8 +174,10 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                      batch_size=batch_size, eval_batch_size=cfg.eval_batch_size, workers=cfg.workers)
     img_size = prepared.image_size
 
+    resuming = cfg.resume and (out / "checkpoint.pt").exists()  # its weights come from the checkpoint
     model = create_model(cfg.arch, num_classes=label_map.num_classes, in_chans=3, img_size=img_size,
-                         **cfg.model_kwargs).to(device).to(memory_format=torch.channels_last)
+                         **(without_weight_kwargs(cfg.model_kwargs) if resuming else cfg.model_kwargs))
+    model = model.to(device).to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if hasattr(model, "init_from_data"):  # on each rank's shard; DDP then copies rank 0's result
@@ -212,7 +214,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         write_json(out / "config.json", config)
     writer = _tensorboard(out) if ctx.is_main else None
     budgeted = cfg.budget and BudgetedRun(FoldClock(cfg.budget, cfg.budget_started), n_val + len(prepared.test),
-                                          cfg.tta, cfg.plan.get("tta") == "--tta")
+                                          cfg.tta, cfg.plan.get("tta") == "--tta", say=ctx.print)
     ddp = f", DDP {ctx.world_size} x batch {batch_size}" if ctx.enabled else ""
     files = f", image files via {cfg.workers} loader workers" if cfg.loader == "albu" else ""
     ctx.print(f"train {cfg.name} fold {cfg.fold}: {n_train} train / {n_val} val images, "

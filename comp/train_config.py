@@ -70,12 +70,18 @@ class TrainConfig:
         """Every unset recipe value filled in by the planner, checked; `plan` holds the reasons."""
         given = {key: getattr(self, key) for key in RECIPE_FIELDS + ("val_every",)}
         self.check_length()
+        asked_batch = given["batch_size"]
+        if asked_batch is not None and asked_batch > n_train:  # else 1 step an epoch, lr for a batch never seen
+            given["batch_size"] = n_train  # the planner then rescales the recipe's lr to the batch it really trains
         try:
             planned = plan(DataShape(img_size, n_train, num_classes), given, self.arch, self.model_kwargs,
                            self.budget, self.arch_reason)
         except ValueError as exc:
             raise CompError(f"--arch: {exc}") from None
         values = {**{f.name: getattr(self, f.name) for f in fields(self)}, **planned.values, "plan": planned.reasons}
+        if given["batch_size"] != asked_batch:
+            values["plan"] = {**planned.reasons, "batch_size": f"--batch-size {asked_batch} capped at the fold's "
+                                                               f"{n_train} training images"}
         values["name"] = self.name or values["arch"].replace("/", "_")
         try:
             augment = parse_aug(values["aug"])
@@ -97,6 +103,14 @@ class TrainConfig:
                             f"or a whole number of epochs")
         if not isinstance(values["patience"], int) or values["patience"] < 0:
             raise CompError(f"--patience {values['patience']}: need 0 (off) or a whole number of epochs")
+        checks = (("bias_lr_scale", lambda v: v > 0, "a positive factor"),
+                  ("label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
+                  ("momentum", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
+                  ("muon_momentum", lambda v: v is None or 0 <= v < 1, "a number from 0 up to (not including) 1"),
+                  ("weight_decay", lambda v: v >= 0, "0 or a positive number"))
+        for key, ok, need in checks:
+            if not ok(values[key]):
+                raise CompError(f"--{key.replace('_', '-')} {values[key]}: need {need}")
         if not values["grad_clip"] >= 0:
             raise CompError(f"--grad-clip {values['grad_clip']}: need 0 (off) or a positive norm")
         if values["workers"] < 0:

@@ -348,6 +348,16 @@ def test_native_model_weights_file(tmp_path):
         create_model("custom_cnn", weights=tmp_path / "missing.pt")
 
 
+def test_timm_weights_of_another_net_are_refused(tmp_path):
+    pytest.importorskip("timm")
+    from comp.io import CompError
+
+    path = tmp_path / "other.pt"
+    torch.save({"encoder.block0.weight": torch.zeros(3)}, path)  # nothing here fits a resnet18
+    with pytest.raises(CompError, match=r"--weights .*other.pt: none of its 1 tensors fits this net"):
+        create_model("timm/resnet18", weights=str(path), num_classes=5, img_size=32)
+
+
 def test_timm_missing_weights_file(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):

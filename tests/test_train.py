@@ -94,7 +94,7 @@ def test_resume_after_kill_9(tmp_path, workdir):
     with pytest.raises(CompError, match="unfinished run: --resume"):
         train(TrainConfig(arch="simple_cnn", fold=0, workdir=str(workdir), epochs=12, batch_size=4, patience=0))
     train(TrainConfig(arch="simple_cnn", fold=0, workdir=str(workdir), epochs=12, batch_size=4, patience=0,
-                      resume=True))
+                      seed=1, resume=True))  # the run's own seed: another would draw another flip pattern
     history = pd.read_csv(out / "history.csv")
     assert list(history.epoch) == list(range(1, 13))
     kept = history.iloc[: len(done) - 1]  # the epochs before the kill survive unchanged
@@ -163,6 +163,26 @@ def test_resume_compares_keys_older_checkpoints_lack_with_their_old_values(tmp_p
     check_resumable(before, {**before, "ema_decay": BEFORE_RECORDED["ema_decay"]}, tmp_path)
     check_resumable({**before, "ema_decay": 0.98}, {**before, "ema_decay": 0.98}, tmp_path)
     check_resumable({}, {**before, "ema_decay": 0.98}, tmp_path)  # the oldest checkpoints hold no config
+    with pytest.raises(CompError, match=r"seed: 1 -> 0"):  # the seed draws altflip's pattern and the shards
+        check_resumable({**before, "seed": 1}, {**before, "seed": 0}, tmp_path)
+
+
+@pytest.mark.parametrize("flags, match", [
+    ({"bias_lr_scale": 0.0}, r"--bias-lr-scale 0.0: need a positive factor"),
+    ({"label_smoothing": 1.5}, r"--label-smoothing 1.5: need a number from 0 up to"),
+    ({"optimizer": "muon", "muon_momentum": 1.0}, r"--muon-momentum 1.0: need a number from 0 up to"),
+    ({"weight_decay": -0.1}, r"--weight-decay -0.1: need 0 or a positive number"),
+])
+def test_recipe_values_out_of_range_are_refused_by_flag(flags, match):
+    with pytest.raises(CompError, match=match):
+        TrainConfig(arch="fastnet", fold=0, **flags).resolved(n_train=400, img_size=32)
+
+
+def test_a_batch_larger_than_the_data_is_capped_and_its_lr_rescaled():
+    capped = TrainConfig(arch="fastnet", fold=0, batch_size=5000).resolved(n_train=400, img_size=32)
+    exact = TrainConfig(arch="fastnet", fold=0, batch_size=400).resolved(n_train=400, img_size=32)
+    assert capped.batch_size == 400 and capped.lr == exact.lr and capped.muon_lr == exact.muon_lr
+    assert capped.plan["batch_size"] == "--batch-size 5000 capped at the fold's 400 training images"
 
 
 def test_runs_from_another_split_are_refused(tmp_path, workdir):

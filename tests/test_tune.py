@@ -171,3 +171,5 @@ def test_grid_skips_complete_and_busy_runs(prepared, capsys):
     assert is_complete(fold_dir(prepared, "simple_cnn", 2)) and not is_complete(busy)
     with pytest.raises(CompError, match=r"--folds '0,7': folds.csv has folds 0..2"):
         grid("simple_cnn", "0,7", str(prepared))
+    [row] = grid("simple_cnn", "0", str(prepared), epochs=3, precision="fp32")  # fold 0 trained 1 epoch
+    assert row["status"] == "skipped: complete, trained with epochs=1.0 (asked 3); --force in comp train to redo it"

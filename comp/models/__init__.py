@@ -73,6 +73,15 @@ def register_model(description: str = "", recipe: dict | None = None) -> Callabl
     return decorator
 
 
+WEIGHT_KWARGS = ("pretrained", "weights")  # model_kwargs that fetch or read weights when the net is built
+
+
+def without_weight_kwargs(kwargs: dict) -> dict:
+    """The net's arguments less those that load weights: for a net whose weights come from a saved file
+    (a checkpoint, model.pt, a bundle), which must build offline and without the original weights file."""
+    return {k: v for k, v in kwargs.items() if k not in WEIGHT_KWARGS}
+
+
 def list_models() -> list[str]:
     """Sorted registered names (``timm/<name>`` is accepted by create_model but not listed)."""
     return sorted(_REGISTRY)

@@ -153,6 +153,11 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
         else:
             dropped.append(f"{key} {tuple(tensor.shape)} vs model {tuple(target.shape)}")
             del state[key]
+    if not any(key in own for key in state):  # strict=False would train from random init and say little
+        from ..io import CompError
+
+        raise CompError(f"--weights {path}: none of its {len(state)} tensors fits this net (its names or shapes "
+                        f"differ, e.g. {next(iter(state), 'none')}); pass the weights of the same architecture")
     result = model.load_state_dict(state, strict=False)
     report = {"loaded": sorted(k for k in state if k in own), "missing": list(result.missing_keys),
               "unexpected": list(result.unexpected_keys), "dropped": dropped}
