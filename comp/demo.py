@@ -6,6 +6,7 @@ labels kept outside the competition folder so the demo can score its own submiss
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def run_demo(workdir: str = "demo", epochs: float = 8, n_folds: int = 5) -> floa
     root.mkdir(parents=True, exist_ok=True)
     comp_dir = root / "digits"
     _check_not_another_competition(root, comp_dir)
-    if not comp_dir.exists() or not (root / "digits_answers.csv").exists():
+    if not (root / "digits_answers.csv").exists():  # an older comp wrote the answers last: both again
+        shutil.rmtree(comp_dir, ignore_errors=True)
+    if not comp_dir.exists():
         make_digits_competition(root)
     print(f"== comp prepare --data {comp_dir}")
     prepare(PrepareOptions(str(comp_dir), str(root), folds=n_folds))

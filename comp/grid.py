@@ -34,6 +34,7 @@ import time
 
 from .folds import load_prepared
 from .io import CompError, read_json
+from .recipe import RECIPE_FIELDS
 from .runs import RunBusy, fold_dir, is_complete
 
 
@@ -109,8 +110,9 @@ def _recipe_differs(path, train_kwargs: dict) -> str:
         trained = read_json(path / "config.json")
     except (OSError, ValueError):
         return ""
+    # the recipe only: device "auto" resolves to "cpu" and is no difference
     differ = [f"{k}={trained.get(k)!r} (asked {v!r})" for k, v in train_kwargs.items()
-              if v is not None and k in trained and trained[k] != v]
+              if k in RECIPE_FIELDS and v is not None and k in trained and trained[k] != v]
     return f", trained with {', '.join(differ)}; --force in comp train to redo it" if differ else ""
 
 
