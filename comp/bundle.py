@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .blend import BlendOptions, FittedBlend, fit_blend
 from .folds import folds_dir, sample_submission_path
-from .io import CompError, atomic_path, read_json, write_json
+from .io import CompError, atomic_path, read_json, replace_dir, write_json
 
 FORMAT = 1
 BUNDLE_FILE, MANIFEST_FILE, LABELS_FILE = "bundle.json", "manifest.json", "labels.json"
@@ -66,7 +66,7 @@ def export(opts: ExportOptions) -> Path:
     try:
         spec = _write_contents(staging, fitted, opts)
         _write_manifest(staging)
-        _swap_in(staging, out)
+        replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out}: {len(spec['runs'])} run(s), {sum(len(r['folds']) for r in spec['runs'])} fold model(s), "
@@ -76,16 +76,6 @@ def export(opts: ExportOptions) -> Path:
         print(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB): upload it as a Kaggle dataset")
     print(f"predict new images with:\n  comp infer {out} --images TEST_DIR --out submission.csv")
     return out
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging`; the old bundle is set aside first and deleted only once the new one is in
-    place, so an interrupt at any moment leaves one whole bundle (at `out`, or beside it as .old-PID)."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_contents(root: Path, fitted: FittedBlend, opts: ExportOptions) -> dict:

@@ -8,7 +8,6 @@ Three layouts are recognised; every guess can be overridden (see `LayoutOverride
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import zipfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import CompError, atomic_path, read_json, write_json
+from .io import CompError, atomic_path, read_json, replace_dir, write_json
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -81,21 +80,18 @@ def open_competition(data: str | Path, workdir: Path) -> Path:
         raise CompError(f"--data {data}: not a zip file or a folder")
     target = workdir / "data" / data.stem
     stamp_file, stamp = target.with_name(f"{target.name}.zip.json"), _zip_stamp(data)
-    changed = target.exists() and stamp_file.exists() and read_json(stamp_file) != stamp
+    extracted_from = read_json(stamp_file) if stamp_file.exists() else None
+    changed = target.exists() and extracted_from is not None and extracted_from != stamp
     if changed or not target.exists():
         print(f"{data} differs from the zip extracted to {target} (size or time): extracting it again" if changed
               else f"extracting {data} -> {target}")
         fresh = target.with_name(f"{target.name}.new")
-        shutil.rmtree(fresh, ignore_errors=True)  # a kill's leftover between the two renames below
+        shutil.rmtree(fresh, ignore_errors=True)  # left by a kill after extracting, before replace_dir
         with atomic_path(fresh) as tmp, zipfile.ZipFile(data) as archive:
             archive.extractall(tmp)
             _extract_inner_zips(_descend_single_folder(tmp))
-        old = target.with_name(f".{target.name}.old.tmp-{os.getpid()}")  # goes once the new files are in
-        if target.exists():
-            os.replace(target, old)
-        os.replace(fresh, target)
-        shutil.rmtree(old, ignore_errors=True)
-    if not stamp_file.exists() or read_json(stamp_file) != stamp:
+        replace_dir(fresh, target)
+    if extracted_from != stamp:
         write_json(stamp_file, stamp)
     return _descend_single_folder(target)
 

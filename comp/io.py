@@ -38,6 +38,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
             tmp.unlink()
 
 
+def replace_dir(new: Path, target: Path) -> None:
+    """Folder `new` becomes `target`. An old target is set aside (`.<name>.old.tmp-<pid>`, which the next
+    prepare removes if left) and deleted only once the new one is in place: a kill at any moment leaves
+    one whole folder."""
+    old = target.with_name(f".{target.name}.old.tmp-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def link_or_copy(src, dst) -> None:
     """dst becomes the same file as src: a hard link where the file system allows one, else a copy."""
     with atomic_path(dst) as tmp:

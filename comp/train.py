@@ -174,9 +174,9 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                      batch_size=batch_size, eval_batch_size=cfg.eval_batch_size, workers=cfg.workers)
     img_size = prepared.image_size
 
-    resuming = cfg.resume and (out / "checkpoint.pt").exists()  # its weights come from the checkpoint
+    ckpt = run_on_main(read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
     model = create_model(cfg.arch, num_classes=label_map.num_classes, in_chans=3, img_size=img_size,
-                         **(without_weight_kwargs(cfg.model_kwargs) if resuming else cfg.model_kwargs))
+                         **(without_weight_kwargs(cfg.model_kwargs) if ckpt else cfg.model_kwargs))  # ckpt's weights
     model = model.to(device).to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -199,7 +199,6 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
               "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
               "folds_fingerprint": split_fingerprint(prepared.folds), "n_train": n_train, "n_val": n_val,
               "total_steps": state["total_steps"], "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
-    ckpt = run_on_main(read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
     if ckpt:
         run_on_main(check_resumable, ckpt.get("config", {}), config, out)
         state, best_weights = load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, out / "checkpoint.pt")

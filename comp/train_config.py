@@ -17,6 +17,21 @@ from .io import CompError
 from .recipe import RECIPE_FIELDS, DataShape, Plan, parse_budget, plan
 
 
+_FRACTION = "a number from 0 up to (not including) 1"
+# (field, test, what it needs): each failure is one error naming the flag and its value
+RANGE_CHECKS = (
+    ("ema_decay", lambda v: 0 < v < 1, "a number between 0 and 1 (airbench's is 0.95)"),
+    ("val_every", lambda v: isinstance(v, int) and v >= 0, "0 (only after the last epoch) or a whole number of epochs"),
+    ("patience", lambda v: isinstance(v, int) and v >= 0, "0 (off) or a whole number of epochs"),
+    ("bias_lr_scale", lambda v: v > 0, "a positive factor"),
+    ("label_smoothing", lambda v: 0 <= v < 1, _FRACTION),
+    ("momentum", lambda v: 0 <= v < 1, _FRACTION),
+    ("muon_momentum", lambda v: v is None or 0 <= v < 1, _FRACTION),
+    ("weight_decay", lambda v: v >= 0, "0 or a positive number"),
+    ("grad_clip", lambda v: v >= 0, "0 (off) or a positive norm"),
+)
+
+
 @dataclass
 class TrainConfig:
     arch: str | None  # None: the planner's choice for the data (comp/recipe.py)
@@ -91,28 +106,14 @@ class TrainConfig:
         for op, pixels in pixel_params(augment).items():
             if pixels >= img_size:
                 raise CompError(f"--aug {op}:{pixels}: must be smaller than the {img_size}px images")
-        if not 0 < values["ema_decay"] < 1:
-            raise CompError(f"--ema-decay {values['ema_decay']}: need a number between 0 and 1 (airbench's is 0.95)")
         for key in ("epochs", "lr", "batch_size", "muon_lr"):
             if not values[key] > 0 or not math.isfinite(values[key]):
                 raise CompError(f"--{key.replace('_', '-')} {values[key]}: must be a positive number")
         values["loader"] = resolve_loader(self.loader, has_cache)
         values["workers"] = default_workers() if self.workers is None else self.workers
-        if not isinstance(values["val_every"], int) or values["val_every"] < 0:
-            raise CompError(f"--val-every {values['val_every']}: need 0 (only after the last epoch) "
-                            f"or a whole number of epochs")
-        if not isinstance(values["patience"], int) or values["patience"] < 0:
-            raise CompError(f"--patience {values['patience']}: need 0 (off) or a whole number of epochs")
-        checks = (("bias_lr_scale", lambda v: v > 0, "a positive factor"),
-                  ("label_smoothing", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
-                  ("momentum", lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1"),
-                  ("muon_momentum", lambda v: v is None or 0 <= v < 1, "a number from 0 up to (not including) 1"),
-                  ("weight_decay", lambda v: v >= 0, "0 or a positive number"))
-        for key, ok, need in checks:
+        for key, ok, need in RANGE_CHECKS:
             if not ok(values[key]):
                 raise CompError(f"--{key.replace('_', '-')} {values[key]}: need {need}")
-        if not values["grad_clip"] >= 0:
-            raise CompError(f"--grad-clip {values['grad_clip']}: need 0 (off) or a positive norm")
         if values["workers"] < 0:
             raise CompError(f"--workers {self.workers}: need 0 (load in the training process) or more")
         return TrainConfig(**values)

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..io import CompError
+
 logger = logging.getLogger(__name__)
 
 # Generic defaults for training a timm architecture from scratch on 32-64px images.
@@ -154,8 +156,6 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
             dropped.append(f"{key} {tuple(tensor.shape)} vs model {tuple(target.shape)}")
             del state[key]
     if not any(key in own for key in state):  # strict=False would train from random init and say little
-        from ..io import CompError
-
         raise CompError(f"--weights {path}: none of its {len(state)} tensors fits this net (its names or shapes "
                         f"differ, e.g. {next(iter(state), 'none')}); pass the weights of the same architecture")
     result = model.load_state_dict(state, strict=False)
