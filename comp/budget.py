@@ -208,7 +208,8 @@ def started_budget_run(cfg, shape, folds) -> dict | None:
     `--fold all --budget` again after the budget ran out before the last folds, continues with its net
     rather than timing the ladder again (a smaller budget could choose another net, and so another run
     name). With --resume a run with an unfinished fold (its checkpoint) comes first; a run whose folds are
-    all complete is not continued: a new budget plans afresh."""
+    all complete is not continued: a new budget plans afresh, and so does a run whose net --arch set
+    (`--arch fastnet --fold 0 --budget 5m` is named fastnet too, but it is not the ladder's choice)."""
     from .io import read_json
     from .recipe import ARCH_LADDER, SCARCE_ARCH_LADDER, arch_ladder
     from .runs import fold_dir, is_complete
@@ -225,7 +226,7 @@ def started_budget_run(cfg, shape, folds) -> dict | None:
             picked = ((out / "checkpoint.pt").exists() and not complete) if unfinished else complete and not all(done)
             if picked and (out / "config.json").exists():
                 config = read_json(out / "config.json")
-                if config.get("budget"):
+                if config.get("budget") and config.get("arch_reason"):  # a net the budget chose, not --arch
                     return config
         return None
 

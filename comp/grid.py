@@ -34,8 +34,7 @@ import time
 
 from .folds import load_prepared
 from .io import CompError, read_json
-from .recipe import RECIPE_FIELDS
-from .runs import RunBusy, fold_dir, is_complete
+from .runs import RunBusy, fold_dir, is_complete, recipe_differs
 
 
 def parse_folds(spec: str, n_folds: int) -> list[int]:
@@ -87,7 +86,8 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
     path = fold_dir(workdir, name, fold)
     row = dict(arch=arch, fold=fold, path=str(path), accuracy=None, seconds=None)
     if is_complete(path):
-        status = "skipped: complete" + _recipe_differs(path, train_kwargs)
+        differ = recipe_differs(path, {k: v for k, v in train_kwargs.items() if k != "arch"})
+        status = "skipped: complete" + (f", trained with {differ}; --force in comp train to redo it" if differ else "")
         return {**row, "status": status, "accuracy": _accuracy(path)}
     started = time.time()
     # resume=True: an unfinished run left by a crash continues; one still being trained is
@@ -102,18 +102,6 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
     except Exception as exc:  # a bad recipe for this model, out of memory ...: the grid goes on
         return {**row, "status": f"failed: {type(exc).__name__}: {exc}"}
     return {**row, "status": "trained", "accuracy": metrics.get("accuracy"), "seconds": round(time.time() - started, 1)}
-
-
-def _recipe_differs(path, train_kwargs: dict) -> str:
-    """', trained with epochs=20 (asked 5)' where the finished run's recipe is not the one asked for."""
-    try:
-        trained = read_json(path / "config.json")
-    except (OSError, ValueError):
-        return ""
-    # the recipe only: device "auto" resolves to "cpu" and is no difference
-    differ = [f"{k}={trained.get(k)!r} (asked {v!r})" for k, v in train_kwargs.items()
-              if k in RECIPE_FIELDS and v is not None and k in trained and trained[k] != v]
-    return f", trained with {', '.join(differ)}; --force in comp train to redo it" if differ else ""
 
 
 def _accuracy(path) -> float | None:

@@ -34,6 +34,20 @@ def is_complete(path: Path) -> bool:
     return (path / "metrics.json").exists() and (path / "oof.npz").exists() and (path / "test.npz").exists()
 
 
+def recipe_differs(path: Path, asked: dict) -> str:
+    """'lr=0.5 (asked 0.8), ...' for each recipe value asked for (not None) that the fold's saved
+    config.json holds otherwise; '' when they agree or nothing is saved. Only the recipe counts:
+    device "auto" resolves to "cpu" and is no difference."""
+    from .recipe import RECIPE_FIELDS
+
+    try:
+        trained = read_json(path / "config.json")
+    except (OSError, ValueError):
+        return ""
+    return ", ".join(f"{k}={trained.get(k)!r} (asked {v!r})" for k, v in asked.items()
+                     if k in RECIPE_FIELDS + ("arch",) and v is not None and k in trained and trained[k] != v)
+
+
 def process_gone(host: str, pid: int) -> bool:
     """True only when the process is known to be gone: on this host, and os.kill(pid, 0) finds no such pid.
     Another machine's process (a shared workdir), or any on Windows, counts as running."""

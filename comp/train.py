@@ -44,8 +44,8 @@ from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model, without_weight_kwargs
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
-from .recipe import format_seconds, plan
-from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use
+from .recipe import RECIPE_FIELDS, format_seconds, plan
+from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use, recipe_differs
 from .train_config import TrainConfig, data_shape, pick_precision
 
 # Views of the per-view logits kept in oof.npz/test.npz while they stay below this many floats.
@@ -79,7 +79,9 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     for k in range(n_folds):
         path = fold_dir(cfg.workdir, name, k)
         if run_on_main(is_complete, path) and not cfg.force:
-            ctx.print(f"fold {k}: already complete in {path}, skipping (--force to redo)")
+            differ = recipe_differs(path, {key: getattr(cfg, key) for key in RECIPE_FIELDS + ("arch",)})
+            ctx.print(f"fold {k}: already complete in {path}" + (f", trained with {differ}" if differ else "")
+                      + ", skipping (--force to redo)")
         else:
             todo.append(k)
     results, busy = [], []

@@ -19,7 +19,7 @@ from comp.io import CompError
 from comp.predict import predict_run
 from comp.runs import is_complete
 from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, arch_ladder, budget_arch, parse_budget, plan
-from comp.train import TrainConfig, train, train_fold
+from comp.train import TrainConfig, show_plan, train, train_fold
 
 
 def planned(size, n_train, classes, **given):
@@ -266,6 +266,25 @@ def test_resume_continues_the_unfinished_run_not_a_complete_one(tmp_path, workdi
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == "fastnet_l" and config["plan"]["arch"] == "the resumed run's" and is_complete(out)
     assert metrics["steps"] == config["total_steps"]
+
+
+def test_a_hand_set_budget_run_is_not_the_ladders(tmp_path, workdir, monkeypatch, capsys):
+    """`--arch fastnet --fold 0 --budget` is named fastnet, as the ladder's net would be. A later `--fold all
+    --budget` without --arch plans its own net rather than continuing that run; where it does train fastnet,
+    the complete fold it skips is named with the recipe values it differs in."""
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
+    cfg = dict(fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
+    train(TrainConfig(arch="fastnet", **cfg))
+    assert is_complete(workdir / "runs" / "fastnet" / "fold0")
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "a larger budget's net"))
+    assert show_plan(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 40.0})).arch == "fastnet_l"
+
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the ladder's net"))
+    with pytest.raises(CompError, match="used up before fold 1"):  # fold 0 skipped; nothing left for fold 1
+        train(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 1e-3, "tta": "flip"}))
+    out = capsys.readouterr().out
+    assert "fold 0: already complete in" in out and "trained with tta='none' (asked 'flip'), skipping (--force" in out
 
 
 def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):
