@@ -5,6 +5,7 @@ closest albumentations transforms. cutmix/mixup mix pairs of images, so they can
 a per-image pipeline: the trainer applies them on the batch (comp.augment) instead.
 """
 import os
+import random
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before import: it phones home
 
@@ -93,7 +94,13 @@ class AlbuImageDataset(Dataset):
     def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        """key: an index, or (index, seed) from comp.feed.SeededOrder: the image's augmentation is then drawn from
+        a generator of that seed, shared by every transform of the Compose (set_random_seed would give each
+        transform its own generator of the same seed: two p=0.5 flips would always agree)."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None and self.transform is not None:
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         if not self._threads_set and get_worker_info() is not None:
             # N workers x all-core cv2 pools would oversubscribe the CPU. Must be 0 (run
             # inline): setNumThreads(1) deadlocks in a forked worker whose parent already

@@ -212,6 +212,11 @@ class AlbuFeed(_Feed):
         self.eval_batch_size = min(self.eval_batch_size, 2 * self.batch_size)
         self.size = self.prepared.image_size
         self._loaders, self._paths = {}, {}
+        # The run's seed (torch.manual_seed before the feed is made): the training order and every image's
+        # augmentation follow from it and the epoch alone (SeededOrder), so a resumed run sees the batches
+        # the uninterrupted run would have, whatever its workers did before.
+        self.seed = torch.initial_seed()
+        self._order = None
 
     def set_stats(self, mean, std) -> None:
         super().set_stats(mean, std)
@@ -235,21 +240,19 @@ class AlbuFeed(_Feed):
     def transform(self, aug: str, mean=None, std=None):
         from .augment_albu import build_albu_transform
 
-        transform = build_albu_transform(aug, self.size, self.mean if mean is None else mean,
-                                         self.std if std is None else std)
-        # Compose has its own generators: seed them from torch's so runs follow --seed (workers
-        # re-seed theirs in _seed_worker).
-        transform.set_random_seed(int(torch.randint(2**31, ())))
-        return transform
+        return build_albu_transform(aug, self.size, self.mean if mean is None else mean, self.std if std is None else std)
 
-    def loader(self, paths, labels, transform, batch_size: int, shuffle=False, persistent=False):
+    def loader(self, paths, labels, transform, batch_size: int, order=None, persistent=False):
+        """order: a SeededOrder for training (shuffled, each image its own augmentation seed); else in order.
+        The loader draws its workers' base seed from its own generator, never from torch's global one: a
+        resumed run starts its workers at another epoch, and must leave the main process's stream alone."""
         from torch.utils.data import DataLoader
 
         from .augment_albu import AlbuImageDataset
 
-        return DataLoader(AlbuImageDataset(paths, labels, transform, self.size), batch_size=batch_size,
-                          shuffle=shuffle,
-                          drop_last=shuffle, num_workers=self.workers, worker_init_fn=_seed_worker,
+        return DataLoader(AlbuImageDataset(paths, labels, transform, self.size), batch_size=batch_size, sampler=order,
+                          drop_last=order is not None, num_workers=self.workers,
+                          generator=torch.Generator().manual_seed(self.seed),
                           persistent_workers=persistent and self.workers > 0, pin_memory=self.device.type == "cuda")
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,12 +274,14 @@ class AlbuFeed(_Feed):
         return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-3).tolist()
 
     def train_batches(self, n_steps: int, epoch: int = 0):
-        """epoch is unused: per-image ops run in the workers, where altflip is a plain flip."""
+        """Per-image ops run in the workers, where altflip is a plain flip; the epoch seeds the order."""
         if "train" not in self._loaders:
             rows = self.rows["train"]
+            self._order = SeededOrder(len(rows), self.seed)
             # drop_last, but a shard smaller than the batch still gives one step (as the cache feed does)
             self._loaders["train"] = self.loader(self.paths("train"), self.labels[rows], self.transform(self.per_image),
-                                                 min(self.batch_size, len(rows)), shuffle=True, persistent=True)
+                                                 min(self.batch_size, len(rows)), order=self._order, persistent=True)
+        self._order.epoch = epoch
         for x, y in itertools.islice(self._loaders["train"], n_steps):
             yield self.augment(self._to_device(x), y.to(self.device, non_blocking=True), self.num_classes)
 
@@ -296,12 +301,18 @@ class AlbuFeed(_Feed):
         return torch.cat([self._to_device(x) for x, _ in loader])
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Compose's generators were created in the parent process: without this every forked worker
-    # would replay the same augmentation stream. torch gives each worker its own seed (the
-    # parent's RNG draws the base, + worker id), so runs stay reproducible.
-    from torch.utils.data import get_worker_info
+class SeededOrder(torch.utils.data.Sampler):
+    """A DataLoader sampler: the epoch's shuffled order from (seed, epoch), each index paired with a seed for that
+    image's augmentation (AlbuImageDataset takes the pairs). The pattern depends on nothing a worker holds."""
 
-    transform = get_worker_info().dataset.transform
-    if transform is not None:
-        transform.set_random_seed(torch.initial_seed() % 2**32)
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        seeds = torch.randint(2**62, (self.n,), generator=generator).tolist()
+        return iter(zip(order, seeds))

@@ -14,7 +14,7 @@ from comp.cli import main
 from comp.feed import make_feed
 from comp.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError
-from comp.train import TrainConfig, train
+from comp.train import TrainConfig, train, train_fold
 
 
 def make_data(tmp_path):
@@ -86,6 +86,40 @@ def test_train_and_predict_from_files(workdir, no_cache):
     np.testing.assert_allclose(same["logits"], oof["logits"], atol=1e-4)
 
 
+def test_an_interrupted_albu_run_resumes_bit_exact(workdir, no_cache):
+    """The order and every image's augmentation come from (seed, epoch): a run stopped after epoch 2 and resumed
+    (new worker processes) ends with the weights and logits of the run that was never stopped."""
+    cfg = dict(arch="simple_cnn", fold=0, workdir=str(workdir), epochs=4, batch_size=4, workers=2, seed=3,
+               aug="flip,translate:3,contrast:0.3,jitter:0.2,cutmix", tta="none", patience=0)
+
+    def stop_in_epoch_3(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TrainConfig(**cfg, name="stopped"), load_prepared(workdir), on_epoch=stop_in_epoch_3)
+    assert (workdir / "runs" / "stopped" / "fold0" / "checkpoint.pt").exists()
+    train_fold(TrainConfig(**cfg, name="stopped", resume=True), load_prepared(workdir), on_epoch=lambda row: None)
+    train_fold(TrainConfig(**cfg, name="whole"), load_prepared(workdir), on_epoch=lambda row: None)
+    runs = workdir / "runs"
+    stopped, whole = (torch.load(runs / n / "fold0" / "model.pt")["state_dict"] for n in ("stopped", "whole"))
+    assert stopped.keys() == whole.keys()
+    for key in whole:
+        torch.testing.assert_close(stopped[key], whole[key], rtol=0, atol=0, msg=key)
+    np.testing.assert_array_equal(np.load(runs / "stopped" / "fold0" / "test.npz")["logits"],
+                                  np.load(runs / "whole" / "fold0" / "test.npz")["logits"])
+    history = pd.read_csv(runs / "stopped" / "fold0" / "history.csv")
+    pd.testing.assert_series_equal(history.train_loss, pd.read_csv(runs / "whole" / "fold0" / "history.csv").train_loss)
+
+
+def test_albu_order_and_augmentation_follow_seed_and_epoch():
+    from comp.feed import SeededOrder
+
+    first, again, later = (list(SeededOrder(50, 7, epoch)) for epoch in (1, 1, 2))
+    assert first == again and first != later and sorted(i for i, _ in first) == list(range(50))
+    assert len({seed for _, seed in first}) == 50  # each image its own augmentation seed
+
+
 def test_train_without_workers(workdir, no_cache):
     [metrics] = train(TrainConfig(arch="simple_cnn", fold=0, workdir=str(workdir), epochs=1, batch_size=8,
                                   loader="albu", workers=0, tta="none"))
@@ -132,6 +166,8 @@ def test_workers_draw_different_augmentations(workdir, no_cache):
     feed = make_feed("albu", load_prepared(workdir), torch.device("cpu"), stats=([0.5] * 3, [0.25] * 3),
                      train_rows=np.arange(4), workers=2)
     path = feed.paths("train")[0]
-    loader = feed.loader([path] * 4, [0] * 4, feed.transform("jitter:0.5"), batch_size=1)
-    first, second = [x for x, _ in loader][:2]  # worker 0's first image, worker 1's first image
-    assert not torch.equal(first, second)
+    from comp.feed import SeededOrder
+
+    loader = feed.loader([path] * 4, [0] * 4, feed.transform("jitter:0.5"), batch_size=1, order=SeededOrder(4, 0))
+    images = [x for x, _ in loader]  # the same file four times, two images from each worker
+    assert all(not torch.equal(a, b) for i, a in enumerate(images) for b in images[i + 1:])
