@@ -140,16 +140,19 @@ def fit_blend(opts: BlendOptions) -> FittedBlend:
         print(f"  run {row['run']:<24} folds {row['folds']}  OOF accuracy {row['accuracy']:.4f}  "
               f"macro-F1 {row['macro_f1']:.4f}  log loss {row['log_loss']:.4f}  (TTA {row['tta']})"
               + (f"  optimistic: used its OOF labels ({row['oof_labels_used']})" if row["oof_labels_used"] else ""))
-    fit_opts = dict(temperature=opts.temperature, top=_parse_top(opts.top, len(runs)))
-    if opts.method == "select":
-        fit_opts["metric"] = opts.metric
+    # --metric ranks the runs --top keeps and drives select's search
+    fit_opts = dict(temperature=opts.temperature, top=_parse_top(opts.top, len(runs)), metric=opts.metric)
     result, blender, _ = score_blend(aligned, opts.method, label_map.num_classes, **fit_opts)
-    label_use = sorted({row["oof_labels_used"] for row in per_run if row["oof_labels_used"]})
+    label_use = sorted({use for row in per_run for use in row["oof_labels_used"].split(",") if use})
+    result["oof_labels_used"] = ",".join(label_use)  # the submit message carries it
     tag = ("nested" if result["nested"] else "no parameters fit") + (
         f"; optimistic: runs used their OOF labels ({', '.join(label_use)})" if label_use else
         ", honest" if result["nested"] else "")
     print(f"blend {opts.method}: OOF accuracy {result['accuracy']:.4f} ({tag}; in-sample "
           f"{result['insample_accuracy']:.4f}), macro-F1 {result['macro_f1']:.4f}, log loss {result['log_loss']:.4f}")
+    if opts.top is not None:
+        print(f"  --top {opts.top} by single-run {opts.metric} on all OOF rows kept: "
+              + ", ".join(runs[i].name for i in blender.keep))
     if result["weights"] is not None and len(runs) > 1:
         print("  weights: " + ", ".join(f"{r.name}={w:.3f}" for r, w in zip(runs, result["weights"])))
     return FittedBlend(workdir, label_map, prepare_info["layout"], test_ids, aligned, per_run, result, blender)
@@ -159,10 +162,13 @@ def blend(opts: BlendOptions) -> Path:
     fitted = fit_blend(opts)
     workdir, label_map, result = fitted.workdir, fitted.label_map, fitted.result
     test_scores = fitted.blender.predict(fitted.aligned.test_logits)
-    name = opts.name or f"{opts.method}_{len(fitted.aligned.runs)}runs"
+    used = fitted.blender.keep if fitted.blender.weights is None else np.flatnonzero(fitted.blender.weights)
+    name = opts.name.removesuffix(".csv") if opts.name else default_name(opts, len(used))
     sample_path = sample_submission_path(workdir)
     submission = make_submission(fitted.test_ids, test_scores.argmax(1), label_map, sample_path, fitted.layout)
     out = workdir / "submissions" / f"{name}.csv"
+    if out.exists():
+        print(f"note: replacing {out} (--name NAME keeps both)")
     validate_submission(submission, sample_path, label_map)
     write_csv(out, submission)
     write_json(out.with_suffix(".json"), {"method": opts.method, "options": vars(opts), "blend": result,
@@ -170,6 +176,12 @@ def blend(opts: BlendOptions) -> Path:
                                           "rows": len(submission)})
     print(f"wrote {out} ({len(submission)} rows); send it with:\n  {kaggle_command(out, result)}")
     return out
+
+
+def default_name(opts: BlendOptions, n_kept: int) -> str:
+    """soft_3runs, select_5runs_top40%_T: the method, the runs it kept, and what else chose them."""
+    top = f"_top{opts.top}" if opts.top is not None else ""
+    return f"{opts.method}_{n_kept}runs{top}" + ("_T" if opts.temperature else "")
 
 
 def current_split(workdir) -> str:

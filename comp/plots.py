@@ -78,8 +78,9 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str) -> 
     return fig
 
 
-def curves_figure(history: pd.DataFrame, run_name: str, best_epochs: dict[int, int] | None = None) -> Figure:
-    """Three panels from history.csv: train/val loss, val accuracy, lr; one colour per fold."""
+def curves_figure(history: pd.DataFrame, run_name: str, kept_epochs: dict[int, float] | None = None) -> Figure:
+    """Three panels from history.csv: train/val loss, val accuracy, lr; one colour per fold; a star on the
+    epoch whose weights each fold kept (kept_epochs: fold -> epoch)."""
     fig = new_figure(15.0, 4.4)
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     # markers while points are few, so a 1-epoch run still shows; hollow markers are validation
@@ -93,14 +94,14 @@ def curves_figure(history: pd.DataFrame, run_name: str, best_epochs: dict[int, i
         acc_ax.plot(validated.epoch, validated.val_accuracy, color=colour, marker=marker, ms=4, mfc="white")
         lr_ax.plot(rows.epoch, rows.lr, color=colour, marker=marker, ms=3)
         fold_handles.append(Line2D([], [], color=colour, label=label))
-        best = (best_epochs or {}).get(int(fold))
-        if best is not None and best in set(rows.epoch):
-            acc_ax.plot([best], rows.val_accuracy[rows.epoch == best], marker="*", ms=13, color=colour,
+        kept = (kept_epochs or {}).get(int(fold))
+        if kept is not None and kept in set(validated.epoch):
+            acc_ax.plot([kept], validated.val_accuracy[validated.epoch == kept], marker="*", ms=13, color=colour,
                         markeredgecolor="black", ls="none")
     style_handles = [Line2D([], [], color="black", marker=marker, ms=3, label="train"),
                      Line2D([], [], color="black", marker=marker, ms=4, ls="--", mfc="white", label="val")]
     loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
-    acc_ax.set(title="val accuracy (★ best epoch)", xlabel="epoch", ylabel="accuracy")
+    acc_ax.set(title="val accuracy (★ the kept weights)", xlabel="epoch", ylabel="accuracy")
     lr_ax.set(title="learning rate", xlabel="epoch", ylabel="lr")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     loss_ax.legend(handles=fold_handles + style_handles, fontsize=8)

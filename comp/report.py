@@ -133,7 +133,7 @@ def leaderboard(runs: list[Run], num_classes: int) -> pd.DataFrame:
         rows.append({"run": run.name, "arch": run.folds[0].config.get("arch", "?"), "folds": len(run.folds),
                      "fold_ids": " ".join(map(str, run.fold_ids)), "oof_rows": len(y),
                      **ensemble.score_probs(probs, y, num_classes),
-                     "mean_best_epoch": float(np.mean([m.get("best_epoch", np.nan) for m in metrics])),
+                     "mean_weights_epoch": float(np.nanmean([_weights_epoch(m) for m in metrics])),
                      "train_seconds": float(sum(m.get("train_seconds", 0.0) for m in metrics)),
                      "tta": "/".join(sorted(tta)), "oof_labels_used": run_label_use(run)})
     board = pd.DataFrame(rows)
@@ -215,14 +215,16 @@ def write_figures(out, board, ranked, aligned, blends, honest_scores, class_name
             notes.append(f"{run.name}: no history.csv in its fold folders, so no training curves")
             print(f"note: {notes[-1]}")
             continue
-        best_epochs = {f.fold: f.metrics.get("best_epoch") for f in run.folds}
+        kept = {f.fold: _weights_epoch(f.metrics) for f in run.folds}
         name = f"curves_{safe_name(run.name)}.png"
-        png[name] = plots.save_png(plots.curves_figure(history, run.name, best_epochs), out / name)
+        png[name] = plots.save_png(plots.curves_figure(history, run.name, kept), out / name)
     if len(blends):
         best = blends.iloc[0]
         confusions[f"blend:{best.method}"] = confusion(aligned.y, honest_scores[best.method].argmax(1), n)
         name = f"confusion_blend-{best.method}.png"
-        title = f"blend {best.method} of {len(aligned.runs)} runs: honest OOF accuracy {best.accuracy:.4f}"
+        chosen = f"; the best of {len(blends)} methods on these rows" if len(blends) > 1 else ""
+        title = (f"blend {best.method} of {len(aligned.runs)} runs: OOF accuracy {best.accuracy:.4f}\n"
+                 f"({_honesty(best.oof_labels_used)}{chosen})")
         png[name] = plots.save_png(plots.confusion_figure(confusions[f"blend:{best.method}"], class_names, title),
                                    out / name)
     png["blends.png"] = plots.save_png(blends_chart(aligned, blends, n), out / "blends.png")
@@ -242,6 +244,12 @@ def run_history(run: Run) -> pd.DataFrame | None:
     frames = [pd.read_csv(f.path / "history.csv").assign(fold=f.fold)
               for f in run.folds if (f.path / "history.csv").exists()]
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _weights_epoch(metrics: dict) -> float:
+    """The epoch whose weights the fold kept (the best one with early stopping, else the last); NaN if unknown."""
+    epoch = metrics.get("weights_epoch", metrics.get("best_epoch"))
+    return float(epoch) if epoch is not None and epoch >= 0 else float("nan")
 
 
 def _honesty(label_use: str) -> str:
@@ -268,8 +276,8 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     if "train_seconds" in shown:
         shown["train_seconds"] = shown.train_seconds.map(_duration)
         shown = shown.rename(columns={"train_seconds": "train_time"})
-    if "mean_best_epoch" in shown:
-        shown["mean_best_epoch"] = shown.mean_best_epoch.map(lambda v: f"{v:.1f}")
+    if "mean_weights_epoch" in shown:
+        shown["mean_weights_epoch"] = shown.mean_weights_epoch.map(lambda v: f"{v:.1f}")
     if "class" in shown:  # per-class "<source> <metric>" columns: one header spans each source
         shown.columns = pd.MultiIndex.from_tuples([tuple(c.rsplit(" ", 1)) if " " in c else ("", c)
                                                    for c in shown.columns])
@@ -336,7 +344,8 @@ def render_html(workdir, label_map, board, blends, per_class, png, chosen, ranke
            "here is optimistic too." if len(blends) and blends.oof_labels_used.iloc[0] else "")
         + "</p>", _img_html(png, "blends.png"), _table_html(blends),
         "<h2>Per class</h2><p class='muted'>The run on its own OOF rows; the best blend on the shared rows "
-        "(honest scores).</p>", _table_html(per_class),
+        "(its scores as above; choosing the best method on these rows flatters it a little).</p>",
+        _table_html(per_class),
         f"<h2>Run {esc(chosen.name)}</h2>", _run_section(chosen, png),
         f"<h2>Best blend: {esc(best_blend)}</h2>{blend_img}" if best_blend else "",
         f"<h2>Other runs</h2>{others}" if others else "",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from fnmatch import fnmatch
 import os
 import socket
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,11 +159,15 @@ class FoldResult:
 
 
 def load_fold(path: Path) -> FoldResult:
-    oof, test = np.load(path / "oof.npz"), np.load(path / "test.npz")
-    config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
-    return FoldResult(config["name"], int(config["fold"]), path, config, metrics,
-                      oof["ids"].astype(str), oof["logits"].astype(np.float32), oof["labels"],
-                      test["ids"].astype(str), test["logits"].astype(np.float32))
+    try:
+        oof, test = np.load(path / "oof.npz"), np.load(path / "test.npz")
+        config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
+        return FoldResult(config["name"], int(config["fold"]), path, config, metrics,
+                          oof["ids"].astype(str), oof["logits"].astype(np.float32), oof["labels"],
+                          test["ids"].astype(str), test["logits"].astype(np.float32))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a partial copy, a foreign file
+        raise CompError(f"{path}: its results are unreadable ({type(exc).__name__}: {exc}); copy the fold again, "
+                        f"or train it again with --force") from None
 
 
 @dataclass
@@ -221,6 +226,9 @@ def find_runs(workdir, patterns: list[str] | None = None) -> list[Run]:
         folds = [load_fold(p) for p in sorted((root / name).glob("fold*")) if is_complete(p)]
         if folds:
             runs.append(Run(name, sorted(folds, key=lambda f: f.fold)))
+        elif patterns and name in patterns:  # asked for by its exact name: not dropped in silence
+            raise CompError(f"--runs {name}: {root / name} has no complete fold (metrics.json, oof.npz and test.npz); "
+                            f"finish it with `comp train --name {name} --resume`, or leave it out of --runs")
     if not runs:
         raise CompError(f"no complete runs under {root}: train one with `comp train --arch ... --fold 0`")
     return runs

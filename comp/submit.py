@@ -6,6 +6,7 @@ the network), which neither `comp blend` nor a test should do.
 from __future__ import annotations
 
 import os
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -16,15 +17,12 @@ from .io import CompError, read_json
 from .labels import LabelMap
 
 def credential_help(then: str) -> str:
-    return ("no Kaggle credentials found. Do one of:\n"
-            "  export KAGGLE_API_TOKEN=...            (token from https://www.kaggle.com/settings/api)\n"
-            "  save the token to ~/.kaggle/access_token\n"
-            "  kaggle auth login                      (OAuth; caches credentials in ~/.kaggle)\n"
-            "  legacy: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and KAGGLE_KEY\n"
-            f"then {then}.")
+    return ("no Kaggle credentials: export KAGGLE_API_TOKEN=<token from kaggle.com/settings/api>, or save the token "
+            "to ~/.kaggle/access_token, or run `kaggle auth login` (legacy: ~/.kaggle/kaggle.json, or KAGGLE_USERNAME "
+            f"and KAGGLE_KEY); then {then}")
 
 
-CREDENTIAL_HELP = credential_help("run comp submit again (or use --dry-run to validate only)")
+CREDENTIAL_HELP = credential_help("run comp submit again (--dry-run validates without them)")
 
 
 def validate_submission(submission, sample_path, label_map: LabelMap) -> pd.DataFrame:
@@ -78,15 +76,27 @@ def _read(path) -> pd.DataFrame:
 
 
 def kaggle_command(csv_path: Path, blend_result: dict | None = None, competition: str = "<competition>") -> str:
-    message = default_message(blend_result)
-    return f'kaggle competitions submit {competition} -f {csv_path} -m "{message}"'
+    """The shell command that sends the file, quoted so a path with spaces survives a paste."""
+    return (f"kaggle competitions submit {competition} -f {shlex.quote(str(csv_path))} "
+            f"-m {shlex.quote(default_message(blend_result))}")
 
 
 def default_message(blend_result: dict | None) -> str:
     if not blend_result:
         return "comp submission"
+    label_use = blend_result.get("oof_labels_used")
     return (f"comp blend {blend_result.get('method')}: OOF accuracy {blend_result['accuracy']:.4f}, "
-            f"macro-F1 {blend_result['macro_f1']:.4f}")
+            f"macro-F1 {blend_result['macro_f1']:.4f}" + (f" (optimistic: {label_use})" if label_use else ""))
+
+
+def blend_record(csv_path: Path) -> dict | None:
+    """The blend result `comp blend` wrote beside the CSV (same name, .json); None for any other file there."""
+    try:
+        record = read_json(csv_path.with_suffix(".json"))
+    except (OSError, ValueError, CompError):
+        return None
+    blend = record.get("blend") if isinstance(record, dict) else None
+    return blend if isinstance(blend, dict) and {"accuracy", "macro_f1"} <= blend.keys() else None
 
 
 def has_credentials(environ=os.environ, home: Path | None = None) -> bool:
@@ -102,8 +112,7 @@ def submit(csv_path, competition: str, message: str | None = None, dry_run: bool
     prepare_info = read_json(folds / "prepare.json")
     label_map = LabelMap.load(folds / "labels.json")
     validate_submission(csv_path, sample_submission_path(workdir), label_map)
-    blend_info = csv_path.with_suffix(".json")
-    message = message or default_message(read_json(blend_info)["blend"] if blend_info.exists() else None)
+    message = message or default_message(blend_record(csv_path))
     print(f"{csv_path}: valid ({prepare_info['test_images']} rows, labels from folds/labels.json)")
     if dry_run:
         print(f"dry run: not sent. Would submit to {competition} with message {message!r}")

@@ -12,7 +12,7 @@ from conftest import make_competition, zip_folder
 from comp.blend import BlendOptions, blend
 from comp.cli import main
 from comp.folds import PrepareOptions, load_prepared, prepare
-from comp.io import CompError, write_json, write_npz
+from comp.io import CompError, read_json, write_json, write_npz
 from comp.labels import LabelMap, build_label_map, natural_sorted
 from comp.submit import has_credentials, validate_submission
 
@@ -126,6 +126,61 @@ def test_bad_top_is_a_clear_error(tmp_path, workdir, capsys):
     for top in ("5", "0%", "abc"):
         assert main(["blend", "--top", top]) == 2
         assert f"--top {top}:" in capsys.readouterr().err
+
+
+def test_blend_top_follows_metric_and_names_what_it_kept(tmp_path, workdir, capsys):
+    numeric_competition(tmp_path, workdir, per_class=4)
+
+    def sharp(y):  # right on 9 rows in 10, and sure of itself when wrong: best accuracy, worst log loss
+        wrong = np.arange(len(y)) % 10 == 0
+        return np.where(wrong[:, None], one_hot((y + 1) % 12) * 10, one_hot(y))
+
+    def calibrated(y):  # right on 7 rows in 10, hedging: worse accuracy, better log loss
+        wrong = np.arange(len(y)) % 10 < 3
+        return np.where(wrong[:, None], one_hot((y + 1) % 12) * 0.2, one_hot(y) * 0.4)
+
+    write_fake_run(workdir, "sharp", sharp)
+    write_fake_run(workdir, "calibrated", calibrated)
+    for metric, kept in (("accuracy", "sharp"), ("logloss", "calibrated")):
+        assert main(["blend", "--top", "1", "--metric", metric]) == 0
+        assert f"--top 1 by single-run {metric} on all OOF rows kept: {kept}\n" in capsys.readouterr().out
+    assert (workdir / "submissions" / "soft_1runs_top1.csv").exists()  # not soft_2runs: one run was used
+    for _ in range(2):
+        assert main(["blend", "--name", "final.csv"]) == 0
+    assert "note: replacing" in capsys.readouterr().out and (workdir / "submissions" / "final.csv").exists()
+    assert not (workdir / "submissions" / "final.csv.csv").exists()
+
+    unfinished = workdir / "runs" / "unfinished" / "fold0"
+    write_json(unfinished / "config.json", {"name": "unfinished", "fold": 0})
+    assert main(["blend", "--runs", "sharp", "unfinished"]) == 2
+    assert "--runs unfinished: " in capsys.readouterr().err
+    assert main(["blend", "--runs", "*"]) == 0  # a pattern may match folders without results
+    oof = workdir / "runs" / "sharp" / "fold1" / "oof.npz"
+    oof.write_bytes(oof.read_bytes()[:100])  # a partial copy
+    assert main(["blend"]) == 2
+    assert "runs/sharp/fold1: its results are unreadable (BadZipFile" in capsys.readouterr().err
+
+
+def test_submit_message_says_optimistic_and_ignores_other_json(tmp_path, workdir, capsys, monkeypatch):
+    numeric_competition(tmp_path, workdir, per_class=4)
+    write_fake_run(workdir, "perfect", one_hot)
+    for k in (0, 1):  # as if trained with early stopping on the held-out fold
+        config = workdir / "runs" / "perfect" / f"fold{k}" / "config.json"
+        write_json(config, {**read_json(config), "patience": 3})
+    assert main(["blend", "--name", "my sub"]) == 0
+    out = capsys.readouterr().out
+    assert "-f 'submissions/my sub.csv' -m 'comp blend soft: OOF accuracy 1.0000, macro-F1 1.0000 (optimistic: patience)'" in out
+    assert main(["submit", "submissions/my sub.csv", "-c", "x", "--dry-run"]) == 0
+    assert "(optimistic: patience)'" in capsys.readouterr().out
+    (workdir / "submissions" / "my sub.json").write_text('{"note": 1}')  # not comp's: the plain message
+    assert main(["submit", "submissions/my sub.csv", "-c", "x", "--dry-run"]) == 0
+    assert "with message 'comp submission'" in capsys.readouterr().out
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["submit", "submissions/my sub.csv", "-c", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KAGGLE_API_TOKEN" in err and "then run comp submit again" in err
 
 
 def test_blend_needs_runs(tmp_path, workdir):

@@ -20,7 +20,7 @@ import pytest
 from conftest import make_competition
 from PIL import Image
 
-from comp import staging
+from comp import plots, staging
 from comp.cache import duplicate_report, load_rgb
 from comp.cli import build_parser, main
 from comp.folds import PrepareOptions, assign_folds, folds_dir, load_prepared, prepare
@@ -192,7 +192,7 @@ def test_ext_that_matches_no_file_is_an_error(tmp_path, workdir, capsys):
     assert "--ext gif: no .gif files" in _error_line(capsys)
 
 
-def test_fold_all_skips_a_busy_fold_and_trains_the_others(tmp_path, workdir, capsys):
+def test_fold_all_skips_a_busy_fold_and_trains_the_others(tmp_path, workdir, capsys, monkeypatch):
     make_competition(tmp_path / "data", "cifar", per_class=6, size=16)
     _prepare(tmp_path / "data", workdir)
     assert main(["train", "--arch", "simple_cnn", "--patience", "-3"]) == 2
@@ -212,8 +212,12 @@ def test_fold_all_skips_a_busy_fold_and_trains_the_others(tmp_path, workdir, cap
                  "--schedule", "cosine", "--patience", "0", "--force"]) == 0
     assert main(["blend", "--runs", "simple_cnn"]) == 0
     assert "optimistic: used its OOF labels (patience,plateau)" in capsys.readouterr().out
-    assert main(["report", "--methods", "soft"]) == 0
+    titles, draw = [], plots.confusion_figure
+    monkeypatch.setattr(plots, "confusion_figure", lambda m, names, title: titles.append(title) or draw(m, names, title))
+    assert main(["report", "--methods", "soft,logit"]) == 0
     assert "optimistic OOF scores" in capsys.readouterr().out
+    [blend_title] = [title for title in titles if title.startswith("blend")]  # never "honest" over such runs
+    assert "honest" not in blend_title and "optimistic" in blend_title and "the best of 2 methods" in blend_title
 
 
 # 5. silent surprises -------------------------------------------------------------------------------

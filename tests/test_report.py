@@ -62,7 +62,8 @@ def write_run(workdir, name, n_wrong, folds=None, label_hash=None, history=True)
         write_npz(out / "test.npz", ids=prepared.test.id.to_numpy().astype(str),
                   logits=np.zeros((test_n, len(CLASSES)), np.float32))
         write_json(out / "metrics.json", {"accuracy": 0.0, "tta": "flip", "accuracy_no_tta": 0.0,
-                                          "best_epoch": 2 + int(k), "epochs_run": 4, "train_seconds": 10.0 * (k + 1),
+                                          "best_epoch": 2 + int(k), "weights_epoch": 4, "epochs_run": 4,
+                                          "train_seconds": 10.0 * (k + 1),
                                           "label_hash": label_hash})
 
 
@@ -117,7 +118,7 @@ def test_leaderboard_order_and_numbers_match_hand_computation(competition, resul
         assert row.accuracy == pytest.approx(1 - 3 * n_wrong / 18)
         assert row.log_loss == pytest.approx(hand_log_loss(18, 3 * n_wrong))
         assert row.macro_f1 == pytest.approx(hand_macro_f1(y, predicted))
-        assert row.mean_best_epoch == pytest.approx((2 + 3 + 4) / 3)
+        assert row.mean_weights_epoch == 4  # the weights kept (no early stopping: the last), not the best epoch
         assert row.train_seconds == pytest.approx(10 + 20 + 30)
     partial = board.set_index("run").loc["partial"]
     assert partial.folds == 2 and partial.oof_rows == 12 and partial.fold_ids == "0 1"
