@@ -11,8 +11,10 @@ The arithmetic, kept apart from the training loop so it can be tested without tr
 
 The first step pays one-off costs (allocations, kernel selection), so the rate is timed over the
 steps after it. Refitting after every epoch keeps the end on time when the machine slows down or
-speeds up mid-run; the linear schedules then stretch or shrink smoothly. A small safety margin
-covers what is not measured (writing the outputs, process exit).
+speeds up mid-run; the schedule is then recomputed over the new total, so the lr moves by about the
+fraction the total moved (a few percent after the first epoch). A safety margin covers what is not
+measured (moving the held-out and test images to the device, writing the outputs, process exit).
+A budget that cannot fit one epoch and the prediction is an error, not a half-trained model.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .augment import TTA_MODES, TTA_WEIGHTS
 
 CALIBRATION_STEPS = 4  # step 1 pays warm-up; steps 2..4 time the rate
 SAFETY = 0.03  # of the budget, kept for what is not measured
+SAFETY_FLOOR = 5.0  # seconds, up to a tenth of the budget: on short budgets the fixed costs are most of it
 TTA_SHARE = 0.20  # TTA views may take at most this share of the budget: +1 point for 6 views on
 # CIFAR-10 against about +0.25 for one more epoch (BENCHMARKS.md), so views are worth more than steps
 PREDICT_OVERHEAD = 1.15  # eval batches and view making cost a little more than the timed forward
@@ -36,7 +39,7 @@ def fold_budgets(total: float, started: float, folds_left: int, now: float | Non
 class FoldClock:
     def __init__(self, seconds: float, started: float):
         self.seconds, self.started = float(seconds), float(started)
-        self.deadline = self.started + self.seconds * (1 - SAFETY)
+        self.deadline = self.started + self.seconds - max(SAFETY * self.seconds, min(SAFETY_FLOOR, self.seconds / 10))
 
     def left(self, now: float | None = None) -> float:
         return self.deadline - (time.monotonic() if now is None else now)
@@ -70,12 +73,18 @@ class BudgetedRun:
         total = run.refit(step)
     """
 
-    def __init__(self, clock: FoldClock, n_predict: int, tta: str, tta_given: bool, say=print):
+    def __init__(self, clock: FoldClock, n_predict: int, tta: str, tta_given: bool, steps_per_epoch: int,
+                 say=print):
         self.clock, self.n_predict, self.tta, self.tta_given = clock, n_predict, tta, tta_given
+        self.steps_per_epoch = steps_per_epoch
         self.say = say  # under torchrun, rank 0's print only
         self.t0 = self.step0 = self.per_image = None
 
     def after_step(self, step: int, model, x, device, precision) -> dict | None:
+        if device.type == "cuda" and (self.t0 is None or step - self.step0 >= CALIBRATION_STEPS - 1):
+            import torch
+
+            torch.cuda.synchronize(device)  # the steps' kernels, not just their launches
         now = time.monotonic()
         if self.t0 is None:  # the first step (of this process) pays warm-up: time from its end
             self.t0, self.step0 = now, step
@@ -89,10 +98,22 @@ class BudgetedRun:
         if not self.tta_given:
             self.tta = self.clock.choose_tta(self.tta, self.n_predict, self.per_image)
         total = self.clock.fit_steps(step, per_step, self.predict_seconds())
+        if total < self.steps_per_epoch:
+            self._too_small(per_step, now)
         self.say(f"budget plan: {per_step:.2f} s a step ({len(x) / per_step:.0f} img/s), TTA {self.tta} "
               f"({self.n_predict} images, {self.per_image * 1e3:.2f} ms an image a view): "
               f"{total} steps in all, to end inside {self.clock.seconds:.0f} s")
         return {"total_steps": total, "tta": self.tta}
+
+    def _too_small(self, per_step: float, now: float):
+        from .io import CompError
+        from .recipe import format_seconds
+
+        epoch, predict = per_step * self.steps_per_epoch, self.predict_seconds()
+        need = (now - self.clock.started + epoch + predict) / (1 - SAFETY)
+        raise CompError(f"a budget of {format_seconds(self.clock.seconds)} for this fold cannot fit one epoch: an epoch "
+                        f"takes about {epoch:.0f} s here and predicting the fold {predict:.0f} s; give each fold at "
+                        f"least {format_seconds(need)}, or train a number of --epochs instead")
 
     def refit(self, step: int) -> int:
         """Total steps from the wall time per step since calibration (validation, saving included)."""
@@ -181,7 +202,8 @@ def train_seconds_per_image(model, image_size: int, num_classes: int, batch: int
 
 def with_budget_arch(cfg, prepared, device):
     """--budget without --arch: the net this machine can train in a fold's budget (ladder_arch;
-    with --fold all, an equal share of the whole), or the one a run being resumed started with.
+    with --fold all, an equal share of the whole), or the one a run being resumed started with
+    (also for --resume without --budget: the plan is in the checkpoint).
     cfg: a TrainConfig; the same TrainConfig back, with arch, model_kwargs and arch_reason set."""
     from dataclasses import replace
 
@@ -190,13 +212,15 @@ def with_budget_arch(cfg, prepared, device):
     from .train_config import data_shape, pick_precision
 
     cfg.check_length()
-    if not cfg.budget or cfg.arch is not None or cfg.model_kwargs:
+    if not (cfg.budget or cfg.resume) or cfg.arch is not None or cfg.model_kwargs:
         return cfg
     folds = range(prepared.n_folds) if cfg.fold == -1 else [cfg.fold]
     shape = data_shape(prepared, folds[0])
-    started = started_budget_run(cfg, shape, folds)
+    started = started_budget_run(cfg, shape, folds)  # --resume alone also finds the budgeted run it continues
     if started:
         return replace(cfg, arch=started["arch"], model_kwargs=started["model_kwargs"], arch_reason="the resumed run's")
+    if not cfg.budget:
+        return cfg
     budget = cfg.budget / len(folds)
     batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
     arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
@@ -236,3 +260,13 @@ def started_budget_run(cfg, shape, folds) -> dict | None:
             if config:
                 return config
     return None
+
+
+def check_planned_alike(cfg, path) -> None:
+    """A net the budget chose must not adopt a complete fold (`--fold all` skips those) whose net --arch set
+    under the same name: its recipe may be anything, and one run has one recipe."""
+    from .io import CompError, read_json
+
+    if cfg.arch_reason and not read_json(path / "config.json").get("arch_reason"):
+        raise CompError(f"{path} was trained with --arch {cfg.arch} set by hand, and the budget chose that net too: "
+                        f"pass --name NAME to train the planned run apart, or --force to train that fold again")

@@ -38,6 +38,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .io import CompError
+
 # ----------------------------------------------------------------------------- the recipes
 
 # Used where neither the model's recipe nor the command line says otherwise.
@@ -53,6 +55,7 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.05, "muon": 5e-4}
 KILOSTEP_MOMENTUM = 0.85  # airbench's SGD momentum (head and biases)
 MIN_STEPS_PER_EPOCH = 40  # the planner's batch leaves at least this many steps an epoch
 MIN_BATCH = 16
+FASTNET_MIN_SIZE = 9  # the whitening's 2x2 conv, then three 2x2 poolings: 8px reaches 0x0
 # Muon's filter lr is rescaled by sqrt of the batch ratio, but not below this: on CIFAR-10 at batch
 # 1000 the sqrt rule's 0.17 beat 0.24 and 0.12, while on tiny100 at batch 296 its 0.092 scored below
 # 0.15 on folds 0 and 1 (+0.7, +0.9 macro-F1 points; -0.15 on fold 2) and 0.24 below both
@@ -262,9 +265,10 @@ def budget_arch(shape: DataShape, budget: float, seconds_per_image: float,
 
 
 def planned_batch(recipe_batch: int, n_train: int) -> int:
-    """The recipe's batch, capped so an epoch has MIN_STEPS_PER_EPOCH steps (a multiple of 8)."""
+    """The recipe's batch, capped so an epoch has MIN_STEPS_PER_EPOCH steps (a multiple of 8), and at the
+    training images (fewer than MIN_BATCH: one step an epoch)."""
     cap = max(MIN_BATCH, (n_train // MIN_STEPS_PER_EPOCH) // 8 * 8)
-    return int(min(recipe_batch, cap))
+    return int(min(recipe_batch, cap, max(1, n_train)))  # never above the images there are
 
 
 def rescaled_lrs(recipe: dict, batch: int) -> dict:
@@ -307,6 +311,10 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
     else:
         values["arch"], reasons["arch"] = arch, arch_reason or "--arch"
     values["model_kwargs"] = dict(model_kwargs or {})
+    if arch.startswith("fastnet") and shape.image_size < FASTNET_MIN_SIZE:
+        raise CompError(f"{arch} needs images of at least {FASTNET_MIN_SIZE}px (its three 2x2 poolings), these are "
+                        f"{shape.image_size}px: prepare them larger (`comp prepare --size 16`) or train a net "
+                        f"without that limit (--arch simple_cnn)")
     recipe = arch_recipe(arch)
     for key in RECIPE_FIELDS:
         values[key], reasons[key] = recipe[key], f"{arch}'s recipe"

@@ -37,7 +37,7 @@ from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_obje
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
-from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, with_budget_arch
+from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, check_planned_alike, fold_budgets, with_budget_arch
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
@@ -79,6 +79,7 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     for k in range(n_folds):
         path = fold_dir(cfg.workdir, name, k)
         if run_on_main(is_complete, path) and not cfg.force:
+            run_on_main(check_planned_alike, cfg, path)
             differ = recipe_differs(path, {key: getattr(cfg, key) for key in RECIPE_FIELDS + ("arch",)})
             ctx.print(f"fold {k}: already complete in {path}" + (f", trained with {differ}" if differ else "")
                       + ", skipping (--force to redo)")
@@ -154,8 +155,8 @@ def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     resuming = cfg.resume and (out / "checkpoint.pt").exists()
-    if cfg.resume and not resuming and (out / "config.json").exists() and not is_complete(out):
-        # a run started here and left no checkpoint: say so at once, a user who expected to continue can stop
+    if cfg.resume and not resuming and not is_complete(out):
+        # say so at once: a user who expected to continue (another run, another name) can stop
         print(f"{out}: no checkpoint to resume (one is written after each epoch); this fold trains from the start")
     if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
         for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
@@ -206,7 +207,11 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         state, best_weights = load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, out / "checkpoint.pt")
         state.setdefault("total_steps", config["total_steps"])  # checkpoints from before --budget
         state.setdefault("planned", True)  # a resumed run keeps its plan (one killed before it: plans now)
-        config.update({k: ckpt["config"][k] for k in ("epochs", "tta", "total_steps") if k in ckpt["config"]})
+        if state["planned"] and ckpt["config"].get("budget") and cfg.budget != ckpt["config"]["budget"]:
+            ctx.print(f"the run keeps the plan its budget of {format_seconds(ckpt['config']['budget'])} made "
+                      f"({state['total_steps']} steps)" + (f"; --budget {format_seconds(cfg.budget)} is not used"
+                                                           if cfg.budget else ""))
+        config.update({k: ckpt["config"][k] for k in ("epochs", "tta", "total_steps", "budget") if k in ckpt["config"]})
         cfg = replace(cfg, epochs=config["epochs"], tta=config["tta"])
         if ctx.enabled:  # per-rank random streams are not checkpointed
             torch.manual_seed(cfg.seed + ctx.rank + 1000 * state["epoch"])
@@ -215,7 +220,7 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         write_json(out / "config.json", config)
     writer = _tensorboard(out) if ctx.is_main else None
     budgeted = cfg.budget and BudgetedRun(FoldClock(cfg.budget, cfg.budget_started), n_val + len(prepared.test),
-                                          cfg.tta, cfg.plan.get("tta") == "--tta", say=ctx.print)
+                                          cfg.tta, cfg.plan.get("tta") == "--tta", steps_per_epoch, say=ctx.print)
     ddp = f", DDP {ctx.world_size} x batch {batch_size}" if ctx.enabled else ""
     files = f", image files via {cfg.workers} loader workers" if cfg.loader == "albu" else ""
     ctx.print(f"train {cfg.name} fold {cfg.fold}: {n_train} train / {n_val} val images, "

@@ -98,8 +98,9 @@ def test_bad_budget_is_a_clear_error(text):
 
 
 def test_budget_arithmetic():
-    clock = FoldClock(100.0, started=0.0)  # the deadline keeps a 3% margin: 97 s
-    assert clock.fit_steps(step=4, seconds_per_step=1.0, predict_seconds=10.0, now=7.0) == 4 + 80
+    clock = FoldClock(100.0, started=0.0)  # the deadline keeps a margin: 5 s here (SAFETY_FLOOR), 95 s
+    assert clock.fit_steps(step=4, seconds_per_step=1.0, predict_seconds=10.0, now=7.0) == 4 + 78
+    assert FoldClock(1000.0, 0.0).deadline == 970.0 and FoldClock(20.0, 0.0).deadline == 18.0  # 3%, a tenth
     assert clock.fit_steps(step=50, seconds_per_step=1.0, predict_seconds=10.0, now=95.0) == 50  # overrun: stop
     # at 1 ms an image and view (x1.15 overhead) a fifth of 100 s holds 17,391 image-views
     assert TTA_SHARE == 0.2
@@ -218,7 +219,7 @@ def test_budgeted_run_fits_the_clock_and_resumes_its_plan(tmp_path, workdir, mon
     assert metrics["steps"] > 4 and metrics["budget"] == 10.0
 
 
-def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch):
+def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch, capsys):
     prepared_workdir(tmp_path, workdir, per_class=12, size=16)
     monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
     cfg = dict(arch=None, fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
@@ -237,10 +238,26 @@ def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch):
         raise AssertionError("a resumed run must not choose its net again")
 
     monkeypatch.setattr("comp.budget.ladder_arch", must_not_time)
-    [metrics] = train(TrainConfig(**cfg, resume=True))
+    [metrics] = train(TrainConfig(**{**cfg, "budget": None}, resume=True))  # --resume alone finds the run too
     config = json.loads((run / "fold0" / "config.json").read_text())
     assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
-    assert metrics["steps"] == config["total_steps"] == started["total_steps"]
+    assert metrics["steps"] == config["total_steps"] == started["total_steps"] and config["budget"] == 10.0
+    assert "the run keeps the plan its budget of 10s made" in capsys.readouterr().out
+
+
+def test_a_budget_that_cannot_fit_one_epoch_is_an_error(tmp_path, workdir, monkeypatch):
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(1.0))  # every step seconds long: 10 s hold 4 of an epoch's 9
+    with pytest.raises(CompError, match=r"a budget of 10s for this fold cannot fit one epoch: an epoch takes about"):
+        train(TrainConfig(arch="custom_cnn", fold=0, workdir=str(workdir), batch_size=2, budget=10.0, tta="none"))
+    assert not is_complete(workdir / "runs" / "custom_cnn" / "fold0")
+
+
+def test_the_planner_fits_tiny_data():
+    assert plan(DataShape(32, 8, 2), {}).values["batch_size"] == 8  # never above the images there are
+    with pytest.raises(CompError, match="fastnet needs images of at least 9px .* these are 8px: prepare them larger"):
+        plan(DataShape(8, 1000, 10), {})
+    assert plan(DataShape(8, 1000, 10), {}, arch="simple_cnn").values["arch"] == "simple_cnn"
 
 
 def test_resume_continues_the_unfinished_run_not_a_complete_one(tmp_path, workdir, monkeypatch):
@@ -270,8 +287,8 @@ def test_resume_continues_the_unfinished_run_not_a_complete_one(tmp_path, workdi
 
 def test_a_hand_set_budget_run_is_not_the_ladders(tmp_path, workdir, monkeypatch, capsys):
     """`--arch fastnet --fold 0 --budget` is named fastnet, as the ladder's net would be. A later `--fold all
-    --budget` without --arch plans its own net rather than continuing that run; where it does train fastnet,
-    the complete fold it skips is named with the recipe values it differs in."""
+    --budget` without --arch plans its own net rather than continuing that run; where it chooses fastnet too, it
+    refuses to adopt the hand-set fold; a complete fold skipped is named with the recipe values it differs in."""
     prepared_workdir(tmp_path, workdir, per_class=12, size=16)
     monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
     cfg = dict(fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
@@ -281,8 +298,10 @@ def test_a_hand_set_budget_run_is_not_the_ladders(tmp_path, workdir, monkeypatch
     assert show_plan(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 40.0})).arch == "fastnet_l"
 
     monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the ladder's net"))
-    with pytest.raises(CompError, match="used up before fold 1"):  # fold 0 skipped; nothing left for fold 1
-        train(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 1e-3, "tta": "flip"}))
+    with pytest.raises(CompError, match="set by hand, and the budget chose that net too: pass --name"):
+        train(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 40.0}))
+    with pytest.raises(CompError, match="used up before fold 1"):  # by hand: fold 0 skipped, nothing left for fold 1
+        train(TrainConfig(**{**cfg, "arch": "fastnet", "fold": -1, "budget": 1e-3, "tta": "flip"}))
     out = capsys.readouterr().out
     assert "fold 0: already complete in" in out and "trained with tta='none' (asked 'flip'), skipping (--force" in out
 
