@@ -330,13 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default <arch>-fold<K>); workers with one name share it")
     p.add_argument("--space", help="YAML/TOML search space overrides (see comp/tune_space.py)")
     p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
-                   help="stop poor trials early: median (below the median at the same epoch), halving "
-                        "(successive halving), none (default median)")
+                   help="stop poor trials early: median (below the median at the same share of their epochs), "
+                        "halving (successive halving), none (default median)")
     p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning")
     p.add_argument("--warmup-epochs", type=int, default=2, help="no pruning before this epoch")
     p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     p.add_argument("--epochs", type=float, help="fix the epochs instead of searching them")
-    p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler (default: differs per worker)")
+    p.add_argument("--sampler-seed", type=int, help="seed the TPE sampler, anew for each trial number "
+                                                     "(default: differs per worker)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every trial")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
@@ -377,7 +378,8 @@ def _run(args) -> int:
         return 2
     except KeyboardInterrupt:
         again = {"demo": "`comp demo` again continues it",
-                 "tune": "the same `comp tune` again adds its --trials to the study"}
+                 "tune": "the same `comp tune` again adds its --trials to the study",
+                 "grid": "the same `comp grid` again skips the finished runs and resumes the unfinished one"}
         print(f"\ninterrupted: outputs written so far are complete; "
               f"{again.get(args.command, '`comp train ... --resume` continues a run')}", file=sys.stderr)
         return 130

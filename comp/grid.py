@@ -4,7 +4,8 @@
 
 A complete run (metrics.json and the logits exist) is skipped, so re-running the command
 after a crash or Ctrl-C picks up where it stopped; an unfinished run is resumed from its
-checkpoint. A run locked by another process (another `comp grid` or `comp train` on this
+checkpoint (one of another recipe is reported and left alone: `comp train --force` starts it
+over). A run locked by another process (another `comp grid` or `comp train` on this
 or another machine sharing the workdir) is skipped as "busy", so several machines can run
 the same grid command and split the pairs between them. A run that fails is reported and
 the grid goes on; the command exits with an error at the end if any run failed.
@@ -30,6 +31,7 @@ same arguments in every task: the run locks make the tasks take different pairs.
 """
 from __future__ import annotations
 
+import re
 import time
 
 from .folds import load_prepared
@@ -89,6 +91,7 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
         differ = recipe_differs(path, {k: v for k, v in train_kwargs.items() if k != "arch"})
         status = "skipped: complete" + (f", trained with {differ}; --force in comp train to redo it" if differ else "")
         return {**row, "status": status, "accuracy": _accuracy(path)}
+    unfinished = (path / "checkpoint.pt").exists()  # resumed below, if its recipe is the one asked
     started = time.time()
     # resume=True: an unfinished run left by a crash continues; one still being trained is
     # locked by its process, and train_fold raises CompError before touching it.
@@ -98,7 +101,11 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
     except RunBusy:  # another process holds the run's lock
         return {**row, "status": "skipped: busy"}
     except CompError as exc:
-        return {**row, "status": f"failed: {exc}"}
+        message = str(exc)
+        if unfinished:  # the resume checks advise comp train's --force, which comp grid has not
+            message = re.sub(r"(, or|;) --force to start over", "", message)
+            message += f"; comp grid only resumes: `comp train --arch {arch} --fold {fold} --force` starts it over"
+        return {**row, "status": f"failed: {message}"}
     except Exception as exc:  # a bad recipe for this model, out of memory ...: the grid goes on
         return {**row, "status": f"failed: {type(exc).__name__}: {exc}"}
     return {**row, "status": "trained", "accuracy": metrics.get("accuracy"), "seconds": round(time.time() - started, 1)}

@@ -1,4 +1,5 @@
-"""PNG figures for `comp report`: confusion matrix, training curves, blend comparison.
+"""PNG figures for `comp report` (confusion matrix, training curves, blend comparison) and `comp tune`
+(optimization history, parameter importance).
 
 Figures are built with the object API on an Agg canvas (no pyplot, so no global state and
 no display needed) and written atomically like every other comp output.
@@ -135,5 +136,49 @@ def blends_figure(labels: list[str], accuracies: list[float], is_blend: list[boo
     ax.legend(handles=[Patch(color=BLEND_COLOUR, label="blend"), Patch(color=RUN_COLOUR, label="single run")],
               loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tune_history_figure(study) -> Figure:
+    """Each trial's score (pruned ones at their last report) and the best so far."""
+    from optuna.trial import TrialState
+
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    fig = new_figure(8, 4.5)
+    ax = fig.add_subplot()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in done], [t.value for t in done], label="complete", zorder=3)
+    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+               marker="x", color="grey", label="pruned (last reported)", zorder=2)
+    best, xs, ys = -np.inf, [], []
+    for t in done:
+        best = max(best, t.value)
+        xs.append(t.number)
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel="val accuracy", title=f"{study.study_name}: optimization history")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def tune_importance_figure(study) -> Figure:
+    """optuna's parameter importances as bars; ValueError when no parameter varied."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna warns about few trials; the plot says what it has
+        importances = optuna.importance.get_param_importances(study)
+    if not importances:
+        raise ValueError("no parameter varied across the complete trials")
+    fig = new_figure(8, 4.5)
+    ax = fig.add_subplot()
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance", title=f"{study.study_name}: parameter importance ({len(study.trials)} trials)")
     fig.tight_layout()
     return fig

@@ -337,8 +337,9 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
     """Final weights -> one prediction pass per split keeping every TTA view; metrics.json last."""
     started = time.time()
     oof_views = feed.predict_views(model, "val", cfg.tta, precision, "predict oof")
-    test_views = feed.predict_views(model, "test", cfg.tta, precision, "predict test")
-    oof_logits, test_logits = combine_views(oof_views, cfg.tta), combine_views(test_views, cfg.tta)
+    # a comp tune trial is scored on the held-out fold alone: its test logits and weights would go unread
+    test_views = None if cfg.tune_trial else feed.predict_views(model, "test", cfg.tta, precision, "predict test")
+    oof_logits = combine_views(oof_views, cfg.tta)
     num_classes = prepared.label_map.num_classes
     metrics = scores(oof_logits, y_val, num_classes)
     plain = scores(oof_views[0], y_val, num_classes)  # the identity view: the no-TTA score
@@ -352,14 +353,17 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
                    used_oof_labels={use: OOF_LABEL_USES[use] for use in oof_label_use(config)},
                    epochs_run=state["epoch"], train_seconds=round(sum(r["seconds"] for r in state["history"]), 1),
                    predict_seconds=round(time.time() - started, 1), label_hash=prepared.label_map.hash,
-                   n_oof=int(len(y_val)), n_test=int(len(test_logits)), budget=cfg.budget,
+                   n_oof=int(len(y_val)), n_test=0 if test_views is None else len(prepared.test), budget=cfg.budget,
                    steps=state["step"], epochs=config["epochs"])
-    views = {"view_logits": oof_views} if oof_views.size + test_views.size <= MAX_VIEW_FLOATS else {}
+    n_floats = oof_views.size + (0 if test_views is None else test_views.size)
+    views = {"view_logits": oof_views} if n_floats <= MAX_VIEW_FLOATS else {}
     write_npz(out / "oof.npz", ids=prepared.folds.id.to_numpy()[in_fold].astype(str), logits=oof_logits,
               labels=y_val, fold=np.full(len(y_val), cfg.fold), **views)
-    views = {"view_logits": test_views} if views else {}
-    write_npz(out / "test.npz", ids=prepared.test.id.to_numpy().astype(str), logits=test_logits, **views)
-    save_torch(out / "model.pt", {"state_dict": model.state_dict(), "config": config})
+    if test_views is not None:
+        views = {"view_logits": test_views} if views else {}
+        write_npz(out / "test.npz", ids=prepared.test.id.to_numpy().astype(str),
+                  logits=combine_views(test_views, cfg.tta), **views)
+        save_torch(out / "model.pt", {"state_dict": model.state_dict(), "config": config})
     write_json(out / "metrics.json", metrics)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     if writer:

@@ -50,7 +50,9 @@ class TrainConfig:
     eval_batch_size: int = 1024
     val_every: int | None = None  # validate every N epochs (0: only at the end); None: the planner's
     model_kwargs: dict = field(default_factory=dict)
-    tuned_on: dict | None = None  # --params: the comp tune study (and its fold) the recipe came from
+    tuned_on: dict | None = None  # --params: the comp tune study, fold, trial and params the recipe came from
+    tuned_reasons: dict = field(default_factory=dict)  # --params: the plan table's reason for each tuned value
+    tune_trial: bool = False  # a comp tune trial: only the held-out fold is predicted, no model.pt kept
     budget: float | None = None  # seconds for this fold (or, before train() splits it, for all folds)
     budget_started: float | None = None  # time.monotonic() when the budget began (None: at train())
     plan: dict = field(default_factory=dict)  # resolved: each recipe value's reason
@@ -94,9 +96,12 @@ class TrainConfig:
         except ValueError as exc:
             raise CompError(f"--arch: {exc}") from None
         values = {**{f.name: getattr(self, f.name) for f in fields(self)}, **planned.values, "plan": planned.reasons}
+        for key, why in self.tuned_reasons.items():  # a tuned value is no flag; one --budget dropped adds its note
+            dropped = key in given and given[key] is None
+            values["plan"][key] = f"{planned.reasons.get(key, '')}; {why}" if dropped else why
         if given["batch_size"] != asked_batch:
-            values["plan"] = {**planned.reasons, "batch_size": f"--batch-size {asked_batch} capped at the fold's "
-                                                               f"{n_train} training images"}
+            source = self.tuned_reasons.get("batch_size", "--batch-size")
+            values["plan"]["batch_size"] = f"{source} {asked_batch} capped at the fold's {n_train} training images"
         values["name"] = self.name or values["arch"].replace("/", "_")
         try:
             augment = parse_aug(values["aug"])
@@ -159,19 +164,73 @@ def config_from_args(args, fold: int, started: float) -> TrainConfig:
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
                                             "patience", "grad_clip", "muon_lr", "muon_momentum", "ema_decay")}
     ema = {"on": True, "off": False}.get(args.ema)
-    tuned_on, arch = None, args.arch
+    tuned_on, arch, name, tuned_reasons = None, args.arch, args.name, {}
     if getattr(args, "params", None) or getattr(args, "params_from", None):
         from .tune import tuned_fields  # tuned values fill only what the command line left unset
 
         tuned = tuned_fields(args.workdir, args.arch, args.params or "best", args.params_from)
-        recipe = {k: tuned.get(k) if v is None else v for k, v in recipe.items()}
-        ema = tuned.get("ema") if ema is None else ema
-        model_kwargs = {**tuned.get("model_kwargs", {}), **model_kwargs}
-        tuned_on = tuned.get("tuned_on")
         arch = tuned["arch"]
+        name = args.name or f"{arch.replace('/', '_')}_tuned"  # never the untuned run's folds
+        tuned = keep_run_on_one_trial(args.workdir, name, fold, args.force, tuned)
+        source = f"--params (study {tuned['tuned_on']['study']}, trial {tuned['tuned_on']['trial']})"
+        for key, value in recipe.items():
+            if value is None and tuned.get(key) is not None:
+                if key == "epochs" and args.budget is not None:  # the budget sets the length: --epochs would clash
+                    tuned_reasons[key] = f"--params' {tuned[key]:g} epochs dropped: --budget sets the length"
+                    continue
+                recipe[key], tuned_reasons[key] = tuned[key], source
+        if ema is None and tuned.get("ema") is not None:
+            ema, tuned_reasons["ema"] = tuned["ema"], source
+        if tuned.get("model_kwargs"):
+            model_kwargs, tuned_reasons["model_kwargs"] = {**tuned["model_kwargs"], **model_kwargs}, source
+        tuned_on = tuned["tuned_on"]
     budget = None if args.budget is None else parse_budget(args.budget)
-    return TrainConfig(arch=arch, fold=fold, name=args.name, workdir=args.workdir, seed=args.seed,
+    return TrainConfig(arch=arch, fold=fold, name=name, workdir=args.workdir, seed=args.seed,
                        device=args.device, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
                        loader=args.loader, workers=args.workers, val_every=args.val_every, resume=args.resume,
-                       force=args.force, model_kwargs=model_kwargs, ema=ema, tuned_on=tuned_on, budget=budget,
-                       budget_started=started if budget else None, **recipe)
+                       force=args.force, model_kwargs=model_kwargs, ema=ema, tuned_on=tuned_on,
+                       tuned_reasons=tuned_reasons, budget=budget, budget_started=started if budget else None, **recipe)
+
+
+def keep_run_on_one_trial(workdir, name: str, fold: int, force: bool, tuned: dict) -> dict:
+    """`tuned` (tune.tuned_fields), or the params the run's folds already recorded: best.json may name a
+    newer trial once some folds trained, and one run must not mix trials (a resume would refuse the new
+    values; --fold all would train its folds on different recipes under one name). --force --fold all
+    retrains every fold, so the new best applies."""
+    from .io import read_json
+    from .runs import runs_root
+    from .tune_space import params_to_fields
+
+    if force and fold == -1:
+        return tuned
+    records = {}  # fold -> its config's tuned_on, for every fold started and not about to be redone
+    for path in sorted((runs_root(workdir) / name).glob("fold*")):
+        number = path.name[len("fold"):]
+        if not number.isdigit() or (force and int(number) == fold) or not (path / "config.json").exists():
+            continue
+        try:
+            records[int(number)] = read_json(path / "config.json").get("tuned_on")
+        except (OSError, ValueError):  # a config being written: that fold's own training checks it
+            continue
+    untuned = [k for k, record in records.items() if not record]
+    if untuned:
+        raise CompError(f"runs/{name} has fold(s) {', '.join(map(str, untuned))} trained without --params: tuned folds "
+                        f"would mix two recipes in one run; pass --name NEW_NAME, or --force --fold all to retrain it")
+    # folds an older comp tuned recorded no trial: only the resume check compares their recipe
+    recorded = {k: r for k, r in records.items() if "params" in r}
+    trials = {(r.get("study"), r.get("trial")) for r in recorded.values()}
+    if len(trials) > 1:
+        which = ", ".join(f"fold {k}: study {r.get('study')} trial {r.get('trial')}" for k, r in recorded.items())
+        raise CompError(f"runs/{name} mixes trials ({which}); --force --fold all retrains every fold with one")
+    now = tuned["tuned_on"]
+    if not trials or trials == {(now["study"], now["trial"])}:
+        return tuned
+    [(study, trial)] = trials
+    if study != now["study"]:
+        raise CompError(f"runs/{name} was trained with study {study} (trial {trial}), not {now['study']}: pass "
+                        f"--name NEW_NAME for a run of {now['study']}, or --force --fold all to retrain it")
+    record = next(iter(recorded.values()))
+    print(f"runs/{name}: fold(s) {', '.join(map(str, recorded))} trained with trial {trial} of study {study}; "
+          f"{now['file']} now names trial {now['trial']}: this run keeps trial {trial} (--name NEW_NAME trains "
+          f"the new best, --force --fold all retrains every fold with it)")
+    return {**params_to_fields(tuned["arch"], record["params"]), "arch": tuned["arch"], "tuned_on": record}

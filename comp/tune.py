@@ -2,35 +2,39 @@
 
     comp tune --arch simple_cnn --trials 20                        # study simple_cnn-fold0 in tune.db
     comp tune --arch fastnet --trials 10 --space space.yaml --pruner halving --timeout 3600
-    comp train --arch simple_cnn --fold all --params best          # train with the best trial
+    comp train --arch simple_cnn --fold all --params best          # run simple_cnn_tuned, the best trial's recipe
 
 Every worker running the same command joins the same study (load_if_exists), so N
 terminals, or N machines sharing a storage, split the work: `--trials` counts per worker.
-Storage: default sqlite:///<workdir>/tune.db (workers on one machine); any Optuna URL
-(postgresql://..., mysql://... for many machines); or journal:PATH, an append-only log file
-(optuna's JournalFileBackend) that also works on a shared filesystem where SQLite locking
-does not.
+A study is bound to its arch, fold, image size and fold split (comp/tune_study.py, which also
+holds the storage: SQLite by default, any Optuna URL, or journal:PATH).
 
-The objective is the fold's best plain (no TTA) val accuracy. Each epoch's val accuracy is
-reported to the pruner, which may stop a trial that trails the others at the same epoch.
+The objective is the fold's val accuracy of the weights training keeps, with the trial's TTA: none
+unless the space searches tta (a trial predicts only the held-out fold, and keeps no model.pt).
+The pruner sees progress in percent of each trial's own epochs (every PROGRESS_STEP), so trials of
+different lengths are compared at the same share of their schedule, not at the same epoch.
 Trials train into runs/tune/<study>/trial<N>/fold<K> (comp blend ignores them). The search
-space is in tune_space.py. Outputs in <workdir>/tune/<study>/: best.json (what
-`comp train --params best` reads), history.png and importance.png.
+space is in tune_space.py. Outputs in <workdir>/tune/<study>/: best.json (what `comp train
+--params best` reads; rewritten after every complete trial, so a killed worker leaves it),
+history.png and importance.png. SIGTERM stops a worker as Ctrl-C does.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import signal
 import socket
-import warnings
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import CompError, atomic_path, read_json, write_json
+from .io import CompError, read_json, write_json
 from .tune_space import Param, build_space, params_to_fields
 
 TABLE_ROWS = 20  # the trials table shows the latest rows only; best.json has the winner
+PROGRESS_STEP = 5  # percent of a trial's epochs between the values the pruner sees
+HALVING_MIN_PERCENT = 10  # successive halving's first rung (then 30%, 90% with reduction factor 3)
 
 
 @dataclass
@@ -64,8 +68,10 @@ def study_dir(workdir, study: str) -> Path:
 def tune(opts: TuneOptions):
     import optuna
 
-    from .folds import load_prepared
+    from .folds import load_prepared, split_fingerprint
     from .models import model_info
+    from .train_config import data_shape
+    from .tune_study import make_sampler, open_study
 
     try:
         model_info(opts.arch)
@@ -78,22 +84,28 @@ def tune(opts: TuneOptions):
     if not 0 <= opts.fold < n_folds:
         raise CompError(f"--fold {opts.fold}: folds.csv has folds 0..{n_folds - 1}")
     fixed = {"epochs": opts.epochs} if opts.epochs is not None else None
-    space = build_space(opts.arch, prepared.image_size, opts.space, fixed)
+    shape = data_shape(prepared, opts.fold)
+    space = build_space(opts.arch, shape, opts.space, fixed)
     name = opts.study or study_name(opts.arch, opts.fold)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table replaces optuna's per-trial log lines
-    study = open_study(name, opts.storage, opts.workdir,
-                       optuna.samplers.TPESampler(seed=opts.seed), make_pruner(opts))
-    print(f"study {name}: {len(study.trials)} trial(s) so far; this worker runs {opts.trials} more")
+    # the trials' own lines replace optuna's: its failed-trial warnings carry whole tracebacks
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    identity = {"arch": opts.arch, "fold": opts.fold, "image_size": prepared.image_size,
+                "folds_fingerprint": split_fingerprint(prepared.folds)}
+    study = open_study(name, opts.storage, opts.workdir, make_sampler(opts.seed), make_pruner(opts), identity)
+    print(f"study {name}: {len(study.trials)} trial(s) so far; this worker runs {opts.trials} more; "
+          f"space around the plan for fold {opts.fold} ({shape.n_train} images of {shape.image_size}px):")
     for param in space.values():
         print(f"  {param.name:<16} {param.describe()}")
-    objective = Objective(opts, name, space, prepared)
+    out = study_dir(opts.workdir, name)
+    objective = Objective(opts, name, space, prepared, identity)
     try:
         # A trial that fails (a bad parameter mix, out of memory) is recorded as FAIL and the
-        # study goes on; a KeyboardInterrupt stops the worker after recording the trial.
-        study.optimize(objective, n_trials=opts.trials, timeout=opts.timeout, catch=(ValueError, RuntimeError),
-                       callbacks=[lambda s, t: print_table(s)])
+        # study goes on; Ctrl-C or SIGTERM stops the worker after recording the trial.
+        with sigterm_as_interrupt():
+            study.optimize(objective, n_trials=opts.trials, timeout=opts.timeout, catch=(ValueError, RuntimeError),
+                           callbacks=[lambda s, t: after_trial(s, t, out)])
     finally:
-        summarize(study, opts.arch, opts.fold, study_dir(opts.workdir, name))
+        summarize(study, out)
     states = {t.state.name for t in study.get_trials(deepcopy=False)}
     if states == {"FAIL"}:
         raise CompError(f"every trial of study {name} failed: see the errors above, fix the space or "
@@ -101,117 +113,115 @@ def tune(opts: TuneOptions):
     return study
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """kill (SIGTERM: a scheduler's stop, a preemption) ends a worker as Ctrl-C does: the running trial
+    is recorded, its checkpoint removed and best.json written, instead of dying mid-write."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield
+        return
+
+    interrupted = []
+
+    def interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except Exception:
+        if interrupted:  # an interrupt landing in optuna's own bookkeeping can surface as its UnboundLocalError
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def make_pruner(opts: TuneOptions):
+    """The pruner's steps are percent of a trial's epochs (see Objective); --warmup-epochs is applied
+    per trial in the objective, in the trial's own epochs."""
     import optuna
 
     if opts.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=opts.startup_trials, n_warmup_steps=opts.warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=opts.startup_trials, n_warmup_steps=0)
     if opts.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, opts.warmup_epochs), reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=HALVING_MIN_PERCENT, reduction_factor=3)
     if opts.pruner == "none":
         return optuna.pruners.NopPruner()
     raise CompError(f"--pruner {opts.pruner!r}: expected median, halving or none")
 
 
-def open_study(name: str, storage_url: str | None, workdir, sampler=None, pruner=None):
-    import optuna
-
-    storage, lock = open_storage(storage_url, workdir)
-    with lock:  # two workers creating one SQLite study at once race on CREATE TABLE
-        return optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
-                                   pruner=pruner, load_if_exists=True)
-
-
-def open_storage(url: str | None, workdir):
-    """(storage, lock to hold while creating the study) for an Optuna URL or journal:PATH."""
-    import optuna
-
-    url = url or f"sqlite:///{Path(workdir).resolve() / 'tune.db'}"
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:"):]).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            from optuna.storages.journal import JournalFileBackend
-        except ImportError:  # optuna < 4 names it JournalFileStorage
-            from optuna.storages import JournalFileStorage as JournalFileBackend
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path))), contextlib.nullcontext()
-    # heartbeats let a worker mark the RUNNING trials of a killed worker as FAIL
-    kwargs = dict(heartbeat_interval=60, grace_period=180)
-    if not url.startswith("sqlite:///"):
-        return _rdb_storage(url, kwargs), contextlib.nullcontext()
-    db = Path(url[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # wait for the other workers' writes
-    lock_path = db.with_name(db.name + ".lock")
-    with _file_lock(lock_path):  # RDBStorage creates the tables: one worker at a time
-        return _rdb_storage(url, kwargs), _file_lock(lock_path)
-
-
-def _rdb_storage(url: str, kwargs: dict):
-    import optuna
-    import sqlalchemy.exc
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return optuna.storages.RDBStorage(url, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # bad URL, server down, missing driver
-        raise CompError(f"--storage {url}: cannot open it ({type(exc).__name__}: {exc}); use "
-                        f"sqlite:///PATH, journal:PATH or a reachable database URL") from None
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; workers then race on creating the tables only
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def progress_steps(epoch: int, epochs: float, reported: int) -> list[int]:
+    """The pruner steps (percent of the trial's `epochs`, every PROGRESS_STEP) passed by the end of `epoch`
+    and not yet reported. Every trial reports at the same steps whatever its length: a 4-epoch trial's
+    epoch 2 and an 8-epoch trial's epoch 4 are both step 50, where the pruner compares them."""
+    percent = min(100, math.floor(100 * epoch / epochs + 1e-9))
+    return list(range(reported + PROGRESS_STEP, percent + 1, PROGRESS_STEP))
 
 
 class Objective:
-    """One trial: sample the space, train the fold, report every epoch to the pruner."""
+    """One trial: sample the space, train the fold, report its progress to the pruner."""
 
-    def __init__(self, opts: TuneOptions, study: str, space: dict[str, Param], prepared):
-        self.opts, self.study, self.space, self.prepared = opts, study, space, prepared
+    def __init__(self, opts: TuneOptions, study: str, space: dict[str, Param], prepared, identity: dict):
+        self.opts, self.study, self.space, self.prepared, self.identity = opts, study, space, prepared, identity
 
     def __call__(self, trial) -> float:
         import optuna
 
         from .runs import fold_dir
         from .train import TrainConfig, train_fold
+        from .train_config import data_shape
 
         params = {name: param.suggest(trial) for name, param in self.space.items()}
         fields = params_to_fields(self.opts.arch, params)
+        fields.setdefault("tta", "none")  # TTA views the objective would not read cost a prediction each
         run = f"tune/{self.study.replace('/', '_')}/trial{trial.number}"
-        # trial.params lacks the fixed values: the user attrs hold everything `--params` needs
-        trial.set_user_attr("params", params)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr("run", str(fold_dir(".", run, self.opts.fold)))  # relative to the workdir
+        out = fold_dir(self.opts.workdir, run, self.opts.fold)
+        # trial.params lacks the fixed values: the user attrs hold everything `--params` needs, and
+        # what the trial ran on, so best.json is written from the best trial's own record
+        attrs = {**self.identity, "params": params, "worker": f"{socket.gethostname()}:{os.getpid()}",
+                 "run": str(fold_dir(".", run, self.opts.fold))}  # relative to the workdir
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
         cfg = TrainConfig(arch=self.opts.arch, fold=self.opts.fold, name=run, workdir=self.opts.workdir,
                           seed=self.opts.train_seed, device=self.opts.device, precision=self.opts.precision,
-                          force=True, val_every=1, **fields)  # pruning reads every epoch's score
-        scores = []
+                          force=True, val_every=1, tune_trial=True, **fields)  # pruning reads every epoch's score
+        reported = [0]
 
         def on_epoch(row):
             accuracy = row["val_accuracy"]
-            scores.append(accuracy)
             trial.set_user_attr("epochs_run", row["epoch"])
-            trial.report(accuracy, row["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val accuracy {accuracy:.4f} at epoch {row['epoch']}")
+            steps = progress_steps(row["epoch"], epochs, reported[-1])
+            for step in steps:
+                trial.report(accuracy, step)
+            reported.extend(steps)
+            # never at 100%: the trial is done, pruning it would only discard its result
+            if steps and steps[-1] < 100 and row["epoch"] >= self.opts.warmup_epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"val accuracy {accuracy:.4f} at epoch {row['epoch']} ({steps[-1]}%)")
 
-        metrics = train_fold(cfg, self.prepared, on_epoch=on_epoch)
-        # the weights training keeps: the best epoch with early stopping, else the last one
-        kept = metrics.get("accuracy_no_tta")
-        return kept if kept is not None else scores[-1]
+        try:
+            shape = data_shape(self.prepared, self.opts.fold)
+            epochs = cfg.resolved(shape.n_train, shape.image_size, self.prepared.has_cache, shape.num_classes).epochs
+            metrics = train_fold(cfg, self.prepared, on_epoch=on_epoch)
+        except BaseException as exc:  # pruned, failed or interrupted: the trial never resumes
+            (out / "checkpoint.pt").unlink(missing_ok=True)
+            if isinstance(exc, Exception) and not isinstance(exc, optuna.TrialPruned):
+                trial.set_user_attr("error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            raise
+        return metrics["accuracy"]  # of the weights training keeps, with the trial's TTA
+
+
+def after_trial(study, trial, out: Path) -> None:
+    """After each trial: the table, one line for a failure, best.json at once (a killed worker leaves it)."""
+    from optuna.trial import TrialState
+
+    print_table(study)
+    if trial.state == TrialState.FAIL:
+        print(f"trial {trial.number} failed: {trial.user_attrs.get('error', 'no error recorded')}", flush=True)
+    if trial.state == TrialState.COMPLETE:
+        write_best(study, out)
 
 
 def print_table(study) -> None:
@@ -225,7 +235,7 @@ def print_table(study) -> None:
         value = "" if t.value is None else f"{t.value:.4f}"
         if t.state == TrialState.PRUNED and t.intermediate_values:
             value = f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
-        params = " ".join(f"{k}={_short(v)}" for k, v in t.user_attrs.get("params", t.params).items())
+        params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())  # the searched ones; fixed: above
         rows.append(f"{t.number:>5}  {t.state.name:<9} {value:>8}  {t.user_attrs.get('epochs_run', ''):>6}  "
                     f"{'' if best == -math.inf else f'{best:.4f}':>9}  {params}")
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
@@ -240,86 +250,49 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def summarize(study, arch: str, fold: int, out: Path) -> None:
-    """best.json + history.png + importance.png; safe to call at any point of the study."""
+def write_best(study, out: Path):
+    """best.json from the best complete trial's own record (None when no trial is complete)."""
     from optuna.trial import TrialState
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not complete:
-        print(f"no complete trial in study {study.study_name} yet: nothing written to {out}")
-        return
+        return None
     best = max(complete, key=lambda t: t.value)
+    record = {**study.user_attrs, **best.user_attrs}  # the study's binding for trials from before they recorded it
+    arch, fold = record.get("arch"), record.get("fold")
     write_json(out / "best.json", {
-        "study": study.study_name, "arch": arch, "fold": fold, "trial": best.number, "value": best.value,
+        "study": study.study_name, "arch": arch, "fold": fold, "image_size": record.get("image_size"),
+        "folds_fingerprint": record.get("folds_fingerprint"), "trial": best.number, "value": best.value,
+        "value_note": f"val accuracy on fold {fold}, the best of {len(complete)} complete trials chosen on that "
+                      f"fold's labels: optimistic for it",
         "params": best.user_attrs.get("params", best.params), "run": best.user_attrs.get("run"),
         "n_complete": len(complete),
         "usage": f"comp train --arch {arch} --fold all --params-from {study.study_name}"})
-    _plot_history(study, out / "history.png")
+    return best
+
+
+def summarize(study, out: Path) -> None:
+    """best.json + history.png + importance.png; safe to call at any point of the study."""
+    best = write_best(study, out)
+    if best is None:
+        print(f"no complete trial in study {study.study_name} yet: nothing written to {out}")
+        return
+    from . import plots
+
+    plots.save_png(plots.tune_history_figure(study), out / "history.png")
     print(f"best trial {best.number}: val accuracy {best.value:.4f} -> {out / 'best.json'}, history.png")
-    if len(complete) < 2:
+    if len(study.get_trials(deepcopy=False, states=(best.state,))) < 2:
         print("importance.png skipped: parameter importance needs at least 2 complete trials")
         return
     try:
-        _plot_importance(study, out / "importance.png")
+        plots.save_png(plots.tune_importance_figure(study), out / "importance.png")
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. every trial had the same params
         print(f"importance.png skipped: {exc}")
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
-    return plt, *plt.subplots(figsize=(8, 4.5))
-
-
-def _save(plt, fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
-def _plot_history(study, path: Path) -> None:
-    from optuna.trial import TrialState
-
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    plt, fig, ax = _figure()
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    ax.scatter([t.number for t in done], [t.value for t in done], label="complete", zorder=3)
-    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-               marker="x", color="grey", label="pruned (last reported)", zorder=2)
-    best, xs, ys = -math.inf, [], []
-    for t in done:
-        best = max(best, t.value)
-        xs.append(t.number)
-        ys.append(best)
-    ax.step(xs, ys, where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="val accuracy", title=f"{study.study_name}: optimization history")
-    ax.legend(loc="lower right")
-    _save(plt, fig, path)
-
-
-def _plot_importance(study, path: Path) -> None:
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna warns about few trials; the plot says what it has
-        importances = optuna.importance.get_param_importances(study)
-    if not importances:
-        raise ValueError("no parameter varied across the complete trials")
-    plt, fig, ax = _figure()
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names])
-    ax.set(xlabel="importance", title=f"{study.study_name}: parameter importance ({len(study.trials)} trials)")
-    _save(plt, fig, path)
-
-
 def tuned_fields(workdir, arch: str, params: str = "best", study: str | None = None) -> dict:
     """TrainConfig fields from a study's best.json (`--params best [--params-from STUDY]`)
-    or from a best.json path (`--params FILE`)."""
+    or from a best.json path (`--params FILE`); `tuned_on` records the trial and its params."""
     if params != "best" and study:
         raise CompError("--params FILE and --params-from STUDY both given: pass one of them")
     if params == "best" and not study and arch is None:
@@ -334,12 +307,54 @@ def tuned_fields(workdir, arch: str, params: str = "best", study: str | None = N
         path = Path(params)
         if not path.is_file():
             raise CompError(f"--params {params}: expected 'best' or a best.json file")
-    best = read_json(path)
-    arch = arch or best.get("arch")  # a named study or file says which net it tuned
-    if best.get("arch") != arch:
-        raise CompError(f"{path} was tuned for --arch {best.get('arch')}, not {arch}; "
-                        f"pass --arch {best.get('arch')} or tune {arch}")
+    best = read_best(path)
+    arch = arch or best["arch"]  # a named study or file says which net it tuned
+    if best["arch"] != arch:
+        raise CompError(f"{path} was tuned for --arch {best['arch']}, not {arch}; "
+                        f"pass --arch {best['arch']} or tune {arch}")
+    check_tuned_data(path, best, workdir)
+    try:
+        fields = params_to_fields(arch, best["params"])
+    except CompError as exc:
+        raise CompError(f"{path}: {exc}") from None
     print(f"params from {path} (trial {best.get('trial')}, val accuracy {best.get('value')}): {best['params']}")
     # the study's fold: retraining that fold with these params scores it on labels the choice saw
-    tuned_on = {"study": best.get("study"), "fold": best.get("fold", 0), "file": str(path)}
-    return {**params_to_fields(arch, best["params"]), "arch": arch, "tuned_on": tuned_on}
+    tuned_on = {"study": best.get("study"), "trial": best.get("trial"), "fold": best.get("fold", 0),
+                "value": best.get("value"), "params": best["params"],
+                "folds_fingerprint": best.get("folds_fingerprint"), "file": str(path)}
+    return {**fields, "arch": arch, "tuned_on": tuned_on}
+
+
+def read_best(path: Path) -> dict:
+    """A best.json of `comp tune`, its schema checked."""
+    try:
+        best = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise CompError(f"--params {path}: cannot read it as JSON ({exc}); expected a best.json that "
+                        f"`comp tune` writes in tune/<study>/") from None
+    if not (isinstance(best, dict) and isinstance(best.get("arch"), str) and isinstance(best.get("params"), dict)):
+        raise CompError(f"--params {path}: not a best.json of `comp tune` (it needs \"arch\" and a \"params\" "
+                        f"mapping); pass 'best', --params-from STUDY or tune/<study>/best.json")
+    return best
+
+
+def check_tuned_data(path: Path, best: dict, workdir) -> None:
+    """Tuned params fit the data they were tuned on: the same fold split (else the tuned fold's rows, whose
+    labels chose them, are spread over other folds' OOF rows) and image size (translate/cutout are px).
+    A best.json from before these were recorded, or a workdir not prepared yet (training says so), passes."""
+    import pandas as pd
+
+    from .folds import folds_dir, split_fingerprint
+
+    where = folds_dir(workdir)
+    if best.get("folds_fingerprint") and (where / "folds.csv").exists():
+        folds = pd.read_csv(where / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
+        if split_fingerprint(folds) != best["folds_fingerprint"]:
+            raise CompError(f"{path}: study {best.get('study')} was tuned on another fold split than "
+                            f"folds/folds.csv (prepared again with another --seed or --folds?), so fold "
+                            f"{best.get('fold')}'s labels chose these params for rows now in other folds; tune "
+                            f"again on this split (comp tune --arch {best['arch']} --study NEW_NAME)")
+    size = read_json(where / "prepare.json").get("image_size") if (where / "prepare.json").exists() else None
+    if best.get("image_size") and size and best["image_size"] != size:
+        raise CompError(f"{path}: tuned on {best['image_size']}px images, but comp prepare made {size}px ones "
+                        f"(translate and cutout are in px); tune again at this size")

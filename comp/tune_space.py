@@ -1,15 +1,20 @@
-"""The search space of `comp tune`: defaults from the architecture's recipe, a YAML/TOML
-override file, and the mapping of a trial's parameters onto TrainConfig fields.
+"""The search space of `comp tune`: defaults from the planner, a YAML/TOML override file, and the
+mapping of a trial's parameters onto TrainConfig fields.
 
-Default space (centred on the architecture's recipe, comp/recipe.py arch_recipe):
-  lr               float, log   [recipe lr / 10, recipe lr * 3]
-  batch_size       categorical  [recipe / 2, recipe, recipe * 2]
-  weight_decay     float, log   [recipe / 10, recipe * 10]
+Default space, centred on what the planner (comp/recipe.py plan) resolves for the tuned fold's data
+(batch capped so an epoch has steps, lr rescaled to that batch, shift scaled to the image):
+  lr               float, log   [planned lr / 10, planned lr * 3]
+  muon_lr          float, log   [planned / 2, planned * 2]   (only for Muon recipes)
+  batch_size       categorical  [planned / 2, planned, planned * 2]
+  weight_decay     float, log   [planned / 10, planned * 10]
   label_smoothing  float        [0, 0.2]
   dropout          float        [0, 0.6]  (only when the model takes a dropout argument)
-  translate        int          [0, 4]    shift augmentation pad in px (0: none)
-  cutout           categorical  [0, size/4, size/2]  cutout square in px (0: none)
-  epochs           int          [recipe / 2, recipe * 1.5]
+  translate        int          [planned shift / 2, planned shift * 2]  shift pad in px (0: none)
+  cutout           categorical  [0, planned cutout, size/4, size/2]  cutout square in px (0: none)
+  epochs           int          [planned / 2, planned * 1.5]
+  aug              fixed        the planned aug: the base translate/cutout rewrite
+Values the space file or the command line fix (batch_size: 32) are given to the planner first, so
+the lr range is centred on the lr planned for that batch.
 
 Override file (YAML or TOML), one entry per parameter; a plain value fixes the parameter:
   lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
@@ -20,8 +25,9 @@ Override file (YAML or TOML), one entry per parameter; a plain value fixes the p
 Parameters: the recipe fields of TrainConfig (lr, batch_size, weight_decay, label_smoothing,
 epochs, momentum, optimizer, schedule, bias_lr_scale, ema, ema_decay, tta, patience, grad_clip, muon_lr, muon_momentum,
 aug)
-plus dropout, translate and cutout. translate/cutout rewrite the recipe's augmentation
-string (its shift op and cutout are replaced; flip and the rest are kept).
+plus dropout, translate and cutout. translate/cutout rewrite the aug string (its shift op and cutout
+are replaced by translate:<px> and cutout:<px>; flip and the rest are kept). An aug given in the file
+is meant whole: the default translate/cutout then leave it alone.
 """
 from __future__ import annotations
 
@@ -30,11 +36,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .augment import TTA_MODES, BatchAugment, parse_aug
+from .augment import TTA_MODES, BatchAugment, parse_aug, pixel_params
 from .io import CompError
 from .models import create_model
 from .optim import OPTIMIZERS, SCHEDULES
-from .recipe import RECIPE_FIELDS, arch_recipe
+from .recipe import RECIPE_FIELDS, DataShape, arch_recipe, plan
 
 _SHIFT_OPS = ("translate", "translate_wrap", "crop")  # augment.py allows one of these at a time
 
@@ -117,20 +123,34 @@ def dropout_kwarg(arch: str) -> str | None:
     return None
 
 
-def default_space(arch: str, img_size: int) -> dict[str, Param]:
-    r = arch_recipe(arch)
-    batch = int(r["batch_size"])
-    decay = r["weight_decay"] or 1e-4  # a recipe without decay still gets a range to explore
-    epochs = float(r["epochs"])
+def default_space(arch: str, shape: DataShape, given: dict | None = None) -> dict[str, Param]:
+    """The space around the planner's recipe for this data (`given`: values fixed before planning)."""
+    try:
+        planned = plan(shape, given or {}, arch).values
+    except ValueError as exc:
+        raise CompError(f"--arch {arch}: {exc}") from None
+    size, batch = shape.image_size, int(planned["batch_size"])
+    decay = planned["weight_decay"] or 1e-4  # a recipe without decay still gets a range to explore
+    epochs = float(planned["epochs"])
+    ops = parse_aug(planned["aug"]).ops
+    shift = next((px for op, px in ops.items() if op in _SHIFT_OPS), 0)
+    # half to twice the planned shift; a plan without one gets a small range from none
+    shift_high = min(size - 1, max(1, size // 8) if not shift else min(2 * shift, max(shift, size // 4)))
+    cutouts = {c for c in (0, ops.get("cutout", 0), size // 4, size // 2) if c < size}
+    batches = {max(8, batch // 2), batch, min(max(batch, shape.n_train), batch * 2)}
     space = {
-        "lr": Param("lr", "float", r["lr"] / 10, r["lr"] * 3, log=True),
-        "batch_size": Param("batch_size", "categorical", choices=tuple(sorted({max(8, batch // 2), batch, batch * 2}))),
+        "lr": Param("lr", "float", planned["lr"] / 10, planned["lr"] * 3, log=True),
+        "batch_size": Param("batch_size", "categorical", choices=tuple(sorted(batches))),
         "weight_decay": Param("weight_decay", "float", decay / 10, decay * 10, log=True),
         "label_smoothing": Param("label_smoothing", "float", 0.0, 0.2),
-        "translate": Param("translate", "int", 0, max(0, min(4, img_size // 4))),
-        "cutout": Param("cutout", "categorical", choices=tuple(sorted({0, img_size // 4, img_size // 2}))),
+        "translate": Param("translate", "int", min(shift // 2, shift_high), shift_high),
+        "cutout": Param("cutout", "categorical", choices=tuple(sorted(cutouts))),
         "epochs": Param("epochs", "int", max(1, round(epochs / 2)), max(2, round(epochs * 1.5))),
+        "aug": Param("aug", "fixed", value=planned["aug"]),  # translate/cutout rewrite the plan's aug
     }
+    if planned["optimizer"] == "muon":
+        muon = planned["muon_lr"]
+        space["muon_lr"] = Param("muon_lr", "float", muon / 2, muon * 2, log=True)
     if dropout_kwarg(arch):
         space["dropout"] = Param("dropout", "float", 0.0, 0.6)
     return space
@@ -144,24 +164,34 @@ def load_space_file(path) -> dict[str, Param]:
     return {name: _param(path, name, spec) for name, spec in raw.items()}
 
 
-def build_space(arch: str, img_size: int, space_file=None, fixed: dict | None = None) -> dict[str, Param]:
-    """Defaults, updated by the file's entries, updated by fixed values (e.g. tune --epochs)."""
-    space = default_space(arch, img_size)
-    if space_file:
-        from_file = load_space_file(space_file)
-        if "aug" in from_file:  # an explicit aug is meant whole: the default shift/cutout would rewrite it
-            for name in ("translate", "cutout"):
-                if name not in from_file:
-                    space.pop(name)
-        if "dropout" in from_file and not dropout_kwarg(arch):
-            raise CompError(f"--space {space_file}: dropout: {arch} has no dropout argument; remove the entry")
-        space.update(from_file)
-    for name, value in (fixed or {}).items():
-        space[name] = Param(name, "fixed", value=value)
-    for name, limit in (("translate", img_size - 1), ("cutout", img_size - 1)):  # augment.py would fail each trial
-        if name in space and _largest(space[name]) > limit:
-            raise CompError(f"{f'--space {space_file}' if space_file else 'tune'}: {name}: up to {_largest(space[name])} px, "
-                            f"but the images are {img_size} px: keep it <= {limit}")
+def build_space(arch: str, shape: DataShape, space_file=None, fixed: dict | None = None) -> dict[str, Param]:
+    """Defaults around the plan, updated by the file's entries, updated by fixed values (e.g. tune --epochs).
+    Every value a trial could take is checked against the images here, before any trial trains."""
+    from_file = load_space_file(space_file) if space_file else {}
+    fixed = {name: Param(name, "fixed", value=value) for name, value in (fixed or {}).items()}
+    # fixed recipe values (batch_size: 32) are planned with: the lr range then fits that batch
+    given = {name: p.value for name, p in {**from_file, **fixed}.items() if p.type == "fixed" and name in RECIPE_FIELDS}
+    space = default_space(arch, shape, given)
+    if "aug" in from_file:  # an explicit aug is meant whole: the default shift/cutout would rewrite it
+        for name in ("translate", "cutout"):
+            if name not in from_file:
+                space.pop(name)
+    if "dropout" in from_file and not dropout_kwarg(arch):
+        raise CompError(f"--space {space_file}: dropout: {arch} has no dropout argument; remove the entry")
+    space.update(from_file)
+    space.update(fixed)
+    where = f"--space {space_file}" if space_file else "tune"
+    size = shape.image_size
+    for name in ("translate", "cutout"):  # augment.py would fail each trial
+        if name in space and _largest(space[name]) > size - 1:
+            raise CompError(f"{where}: {name}: up to {_largest(space[name])} px, "
+                            f"but the images are {size} px: keep it <= {size - 1}")
+    if "aug" in space:
+        param = space["aug"]
+        for aug in (param.value,) if param.type == "fixed" else param.choices:
+            for op, px in pixel_params(parse_aug(aug)).items():
+                if px >= size:
+                    raise CompError(f"{where}: aug {aug!r}: {op}:{px} must be smaller than the {size}px images")
     return space
 
 
@@ -260,16 +290,20 @@ def params_to_fields(arch: str, params: dict) -> dict:
     unknown = set(params) - set(PARAMS)
     if unknown:
         raise CompError(f"unknown tuned parameter(s) {', '.join(sorted(unknown))}; tunable: {', '.join(PARAMS)}")
+    params = {k: int(v) if k in ("batch_size", "patience") and isinstance(v, float) and v.is_integer() else v
+              for k, v in params.items()}  # a categorical read back from JSON may be a float
+    for name, value in params.items():  # a hand-edited best.json: one line naming the value, not a crash later
+        valid, meaning = PARAMS[name]
+        if not valid(value):
+            raise CompError(f"tuned parameter {name}: {value!r} is not valid: expected {meaning}")
     fields = {k: v for k, v in params.items() if k in RECIPE_FIELDS}
-    for key in ("batch_size", "patience"):  # a categorical read back from JSON may be a float
-        if key in fields:
-            fields[key] = int(fields[key])
     if "dropout" in params:
         kwarg = dropout_kwarg(arch)
         if kwarg is None:
             raise CompError(f"the tuned parameters set dropout but {arch} has no dropout argument")
         fields["model_kwargs"] = {kwarg: float(params["dropout"])}
     if "translate" in params or "cutout" in params:
+        # the planned aug the study fixed; a best.json from before it recorded one: the raw recipe's, as its trials had
         base = fields.get("aug") or arch_recipe(arch).get("aug") or "flip"
         fields["aug"] = tuned_aug(base, params.get("translate"), params.get("cutout"))
     return fields
