@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import ensemble
 from .folds import folds_dir, prepared_dir, sample_submission_path, split_fingerprint
-from .io import CompError, read_json, write_csv, write_json
+from .io import CompError, plain_name, read_json, write_csv, write_json
 from .labels import LabelMap
 from .runs import Run, check_trained_on, find_runs, run_label_use
 from .submit import kaggle_command, validate_submission
@@ -163,7 +163,7 @@ def blend(opts: BlendOptions) -> Path:
     workdir, label_map, result = fitted.workdir, fitted.label_map, fitted.result
     test_scores = fitted.blender.predict(fitted.aligned.test_logits)
     used = fitted.blender.keep if fitted.blender.weights is None else np.flatnonzero(fitted.blender.weights)
-    name = opts.name.removesuffix(".csv") if opts.name else default_name(opts, len(used))
+    name = plain_name(opts.name, "--name").removesuffix(".csv") if opts.name else default_name(opts, len(used))
     sample_path = sample_submission_path(workdir)
     submission = make_submission(fitted.test_ids, test_scores.argmax(1), label_map, sample_path, fitted.layout)
     out = workdir / "submissions" / f"{name}.csv"

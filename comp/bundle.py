@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .blend import BlendOptions, FittedBlend, fit_blend
 from .folds import folds_dir, sample_submission_path
-from .io import CompError, atomic_path, read_json, replace_dir, write_json
+from .io import CompError, atomic_path, plain_name, read_json, replace_dir, write_json
 
 FORMAT = 1
 BUNDLE_FILE, MANIFEST_FILE, LABELS_FILE = "bundle.json", "manifest.json", "labels.json"
@@ -56,11 +56,14 @@ def export(opts: ExportOptions) -> Path:
     if opts.method == "rank":  # ranks a class over all the rows it is given: one image alone has no ranks
         raise CompError("--method rank ranks each class over the whole test set, so a bundle could not predict "
                         "images a few at a time; export a soft, logit, hard, select or stack blend")
-    fitted = fit_blend(BlendOptions(opts.method, opts.runs, opts.name, opts.top, opts.temperature, opts.metric,
-                                    opts.workdir))
-    out = Path(opts.out) if opts.out else Path(opts.workdir) / "bundles" / opts.name
+    out = Path(opts.out) if opts.out else Path(opts.workdir) / "bundles" / plain_name(opts.name, "comp export NAME")
     if out.exists() and not opts.force:
         raise CompError(f"{out} exists; pass --force to replace it, or --out another folder")
+    if out.exists() and not (out / BUNDLE_FILE).is_file():  # --force replaces bundles, never other folders
+        raise CompError(f"{out} is not a bundle (it has no {BUNDLE_FILE}), so --force will not replace it; "
+                        f"--out another folder")
+    fitted = fit_blend(BlendOptions(opts.method, opts.runs, opts.name, opts.top, opts.temperature, opts.metric,
+                                    opts.workdir))
     staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

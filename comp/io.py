@@ -71,8 +71,21 @@ def write_json(path, obj) -> None:
 
 
 def read_json(path):
+    """The file's JSON; a damaged file (truncated, edited, not JSON) is a CompError that names it."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CompError(f"{path}: damaged, not readable JSON ({exc}); run the command that wrote it again "
+                            f"(prepare for folds/, train --force for a run's fold)") from None
+
+
+def plain_name(name: str, flag: str) -> str:
+    """A name that becomes one file or folder inside comp's own folder: no path, nothing outside it."""
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", os.sep)) or name.startswith("."):
+        raise CompError(f"{flag} {name!r}: give a plain name (letters, digits, -_.), not a path; "
+                        f"it becomes a file or folder inside the workdir's own folder")
+    return name
 
 
 def write_csv(path, df) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import load_weights
 from .folds import load_prepared, split_fingerprint
-from .io import CompError, link_or_copy, read_json, write_json, write_npz, write_text
+from .io import CompError, link_or_copy, plain_name, read_json, write_json, write_npz, write_text
 from .models import create_model, without_weight_kwargs
 from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
 from .augment import TTA_WEIGHTS, combine_views
@@ -27,7 +27,7 @@ def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, ne
                        if is_complete(p)) if (runs_root(workdir) / name).exists() else []
     if not run_folds:
         raise CompError(f"no complete folds of run {name!r} under {runs_root(workdir)}")
-    new_name = new_name or f"{name}_tta-{tta.replace('+', '')}"
+    new_name = plain_name(new_name, "--name") if new_name else f"{name}_tta-{tta.replace('+', '')}"
     if new_name == name:
         raise CompError(f"--name {new_name}: the new run needs another name than the run it re-predicts")
     results = []

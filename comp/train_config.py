@@ -13,7 +13,7 @@ import torch
 from .augment import parse_aug, pixel_params
 from .feed import default_workers, resolve_loader
 from .folds import Prepared
-from .io import CompError
+from .io import CompError, plain_name
 from .recipe import RECIPE_FIELDS, DataShape, Plan, parse_budget, plan
 
 
@@ -102,7 +102,7 @@ class TrainConfig:
         if given["batch_size"] != asked_batch:
             source = self.tuned_reasons.get("batch_size", "--batch-size")
             values["plan"]["batch_size"] = f"{source} {asked_batch} capped at the fold's {n_train} training images"
-        values["name"] = self.name or values["arch"].replace("/", "_")
+        values["name"] = plain_name(self.name, "--name") if self.name else values["arch"].replace("/", "_")
         try:
             augment = parse_aug(values["aug"])
         except ValueError as exc:

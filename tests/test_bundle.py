@@ -119,6 +119,19 @@ def test_each_fold_predicts_with_its_own_tta_and_rank_is_refused(trained, tmp_pa
     assert main(["--workdir", str(work), "export", "v1.5", "--runs", "custom_cnn", "--force"]) == 0
     assert sorted(p.name for p in (work / "bundles").iterdir()) == ["v1.5", "v1.5.zip"]  # nothing set aside is left
     capsys.readouterr()
+    # --force replaces comp's own bundles only; a NAME is a name, never a path
+    assert main(["--workdir", str(work), "export", "x", "--runs", "custom_cnn", "--out", str(work / "runs"),
+                 "--force"]) == 2
+    assert "is not a bundle (it has no bundle.json), so --force will not replace it" in capsys.readouterr().err
+    assert (work / "runs" / "custom_cnn" / "fold0" / "metrics.json").exists()
+    for name in ("", "..", "../escape", "a/b"):
+        assert main(["--workdir", str(work), "export", name, "--runs", "custom_cnn", "--force"]) == 2
+        assert "give a plain name" in capsys.readouterr().err
+    assert main(["--workdir", str(work), "blend", "--runs", "custom_cnn", "--name", "../../evil"]) == 2
+    assert "--name '../../evil': give a plain name" in capsys.readouterr().err
+    assert main(["--workdir", str(work), "train", "--arch", "custom_cnn", "--fold", "0", "--name", "../up"]) == 2
+    assert "--name '../up': give a plain name" in capsys.readouterr().err
+    assert sorted(p.name for p in (work / "bundles").iterdir()) == ["v1.5", "v1.5.zip"]
     assert main(["--workdir", str(work), "export", "r", "--method", "rank"]) == 2
     assert "--method rank ranks each class over the whole test set" in capsys.readouterr().err
     assert main(["--workdir", str(work), "predict", "--run", "cnn_b", "--tta", "flip", "--fold", "0"]) == 0
