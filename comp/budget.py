@@ -260,13 +260,3 @@ def started_budget_run(cfg, shape, folds) -> dict | None:
             if config:
                 return config
     return None
-
-
-def check_planned_alike(cfg, path) -> None:
-    """A net the budget chose must not adopt a complete fold (`--fold all` skips those) whose net --arch set
-    under the same name: its recipe may be anything, and one run has one recipe."""
-    from .io import CompError, read_json
-
-    if cfg.arch_reason and not read_json(path / "config.json").get("arch_reason"):
-        raise CompError(f"{path} was trained with --arch {cfg.arch} set by hand, and the budget chose that net too: "
-                        f"pass --name NAME to train the planned run apart, or --force to train that fold again")

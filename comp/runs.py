@@ -35,6 +35,19 @@ def is_complete(path: Path) -> bool:
     return (path / "metrics.json").exists() and (path / "oof.npz").exists() and (path / "test.npz").exists()
 
 
+def check_adoptable(path: Path, split: str, budget_chose_net: bool) -> None:
+    """`--fold all` skips a complete fold only where it belongs to the run it trains: one on this fold split
+    (prepare again with another --seed gives every row another fold), and, where the budget chose the net,
+    one that did not set the net by --arch under the same name (its recipe may be anything)."""
+    config = read_json(path / "config.json")
+    if config.get("folds_fingerprint", split) != split:
+        raise CompError(f"{path} was trained on another fold split (comp prepare ran again with another --seed or "
+                        f"--folds): --force retrains the run's folds, or --name NAME trains a new run")
+    if budget_chose_net and not config.get("arch_reason"):
+        raise CompError(f"{path} was trained with --arch {config.get('arch')} set by hand, and the budget chose that "
+                        f"net too: pass --name NAME to train the planned run apart, or --force to train that fold again")
+
+
 def recipe_differs(path: Path, asked: dict) -> str:
     """'lr=0.5 (asked 0.8), ...' for each recipe value asked for (not None) that the fold's saved
     config.json holds otherwise; '' when they agree or nothing is saved. Only the recipe counts:

@@ -37,7 +37,7 @@ from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_obje
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
-from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, check_planned_alike, fold_budgets, with_budget_arch
+from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, with_budget_arch
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
@@ -45,7 +45,8 @@ from .io import CompError, save_torch, write_csv, write_json, write_npz
 from .models import create_model, without_weight_kwargs
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .recipe import RECIPE_FIELDS, format_seconds, plan
-from .runs import OOF_LABEL_USES, RunBusy, RunLock, fold_dir, is_complete, oof_label_use, recipe_differs
+from .runs import (OOF_LABEL_USES, RunBusy, RunLock, check_adoptable, fold_dir, is_complete, oof_label_use,
+                   recipe_differs)
 from .train_config import TrainConfig, data_shape, pick_precision
 
 # Views of the per-view logits kept in oof.npz/test.npz while they stay below this many floats.
@@ -75,11 +76,11 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
         return [train_fold(cfg, prepared)]
     cfg = with_budget_arch(cfg, prepared, ctx.device)  # one net for all folds
     name = cfg.name or (cfg.arch or plan(data_shape(prepared, 0), {}).values["arch"]).replace("/", "_")
-    todo = []
+    todo, split = [], split_fingerprint(prepared.folds)
     for k in range(n_folds):
         path = fold_dir(cfg.workdir, name, k)
         if run_on_main(is_complete, path) and not cfg.force:
-            run_on_main(check_planned_alike, cfg, path)
+            run_on_main(check_adoptable, path, split, bool(cfg.arch_reason))
             differ = recipe_differs(path, {key: getattr(cfg, key) for key in RECIPE_FIELDS + ("arch",)})
             ctx.print(f"fold {k}: already complete in {path}" + (f", trained with {differ}" if differ else "")
                       + ", skipping (--force to redo)")

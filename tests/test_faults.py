@@ -302,6 +302,27 @@ def test_duplicates_stay_in_one_fold_and_other_splits_are_unchanged():
     assert report["conflicting_label_groups"] == [{"id1": "x", "id2": "y"}]
 
 
+def test_fold_all_does_not_adopt_folds_of_another_split_and_damaged_json_is_named(tmp_path, workdir, capsys):
+    make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
+    _prepare(tmp_path / "data", workdir)
+    from comp.blend import current_split
+
+    old = current_split(workdir)
+    for fold in range(2):  # complete folds of the first split
+        run = fold_dir(workdir, "custom_cnn", fold)
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"folds_fingerprint": old, "arch": "custom_cnn"}))
+        for name in ("metrics.json", "oof.npz", "test.npz"):
+            (run / name).write_bytes(b"")
+    _prepare(tmp_path / "data", workdir, seed=1)
+    capsys.readouterr()
+    assert main(["train", "--arch", "custom_cnn", "--fold", "all", "--epochs", "1"]) == 2
+    assert "was trained on another fold split (comp prepare ran again" in _error_line(capsys)
+    (folds_dir(workdir) / "prepare.json").write_text('{"layout": ')  # cut short
+    assert main(["blend"]) == 2
+    assert "folds/prepare.json: damaged, not readable JSON" in _error_line(capsys)
+
+
 # 7. two trainings on one machine -----------------------------------------------------------------
 
 def test_cpu_trainings_share_the_cores(tmp_path, monkeypatch):
