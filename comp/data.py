@@ -296,10 +296,15 @@ def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) ->
     rows, loose = [], 0
     for entry in sorted(part.image_dir.iterdir()):
         if entry.is_dir():
+            found = len(rows)
             for img in sorted(entry.iterdir()):
                 if wanted(img):
                     image_id = img.name if ext is None else img.stem
                     rows.append((image_id, str(img), entry.name, part.source, f"{entry.name}/{img.name}"))
+            if len(rows) == found:  # a class no model could learn, that a submission could never name
+                problems.append(Problem(f"class {entry.name}", f"has 0 images: {part.image_dir.name}/{entry.name}/ "
+                                        f"holds no {ext or 'image'} files; add its images, or --skip-bad to leave "
+                                        f"the class out"))
         elif wanted(entry):
             loose += 1
             problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))

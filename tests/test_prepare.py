@@ -72,6 +72,11 @@ def test_class_folder_layout_with_odd_sample_columns(tmp_path, workdir):
     prepared = load_prepared(workdir)
     assert prepared.label_map.classes == ("daisy", "rose", "tulip")
     assert list(prepared.test.id) == facts["test_ids"]
+    (tmp_path / "flowers" / "train" / "lily").mkdir()  # a class folder with nothing in it
+    with pytest.raises(CompError, match=r"class lily: has 0 images: train/lily/ holds no image files.*--skip-bad"):
+        run_prepare(tmp_path / "flowers", workdir, folds=3)
+    run_prepare(tmp_path / "flowers", workdir, folds=3, skip_bad=True)
+    assert load_prepared(workdir).label_map.classes == ("daisy", "rose", "tulip")
 
 
 def test_labels_in_file_names_say_how_to_pass_them(tmp_path, workdir):
