@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .blend import BlendOptions, FittedBlend, fit_blend
 from .folds import folds_dir, sample_submission_path
-from .io import CompError, atomic_path, plain_name, read_json, replace_dir, write_json
+from .io import CompError, atomic_path, load_torch, plain_name, read_json, replace_dir, write_json
 
 FORMAT = 1
 BUNDLE_FILE, MANIFEST_FILE, LABELS_FILE = "bundle.json", "manifest.json", "labels.json"
@@ -122,7 +122,7 @@ def _export_run(root: Path, run, half: bool) -> dict:
         if not model_file.exists():
             raise CompError(f"{model_file} not found: run {run.name} fold {fold.fold} has no saved weights; "
                             f"retrain it or leave the run out with --runs")
-        state = torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_torch(model_file, map_location="cpu", weights_only=True)["state_dict"]
         if half:
             state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
         rel = f"runs/{run.name}/fold{fold.fold}.pt"

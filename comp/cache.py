@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .data import Problem
-from .io import atomic_path
+from .io import CompError, atomic_path
 from .progress import progress
 
 
@@ -126,7 +126,11 @@ def _decode_all(paths, size: int, desc: str, array) -> tuple[list[tuple[int, str
 
 
 def open_cache(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:  # deleted, cut short (mmap longer than the file), overwritten
+        raise CompError(f"{path}: the image cache is missing or damaged ({type(exc).__name__}: {exc}); "
+                        f"run `comp prepare` again") from None
 
 
 def duplicate_report(train_hashes, train_labels, test_hashes, train_ids=None, shown: int = 50) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .io import CompError, save_torch
+from .io import CompError, load_torch, save_torch
 
 RESUME_KEYS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "label_smoothing",
                "schedule", "bias_lr_scale", "ema", "ema_decay", "aug", "grad_clip", "muon_lr", "muon_momentum", "model_kwargs",
@@ -63,7 +63,9 @@ def _cuda_rng(model):
 
 def read_checkpoint(path: Path):
     """On the CPU: it may be sent to other ranks, and the RNG states must be CPU tensors."""
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if not path.exists():
+        return None
+    return load_torch(path, map_location="cpu", weights_only=False, then="--force starts the fold over")
 
 
 def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, path):

@@ -383,6 +383,9 @@ def load_prepared(workdir) -> Prepared:
     info = read_json(out / "prepare.json")
     folds = pd.read_csv(out / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
     test = pd.read_csv(out / "test.csv", dtype={"id": str, "path": str}, keep_default_na=False)
+    for table, name, needed in ((folds, "folds.csv", ("id", "path", "label", "fold")), (test, "test.csv", ("id", "path"))):
+        if missing := [c for c in needed if c not in table.columns]:
+            raise CompError(f"{out / name}: column(s) {', '.join(missing)} missing; re-run `comp prepare`")
     label_map = LabelMap.load(out / "labels.json")
     cache = info.get("cache")  # None after --no-cache
     train_images = cache_mod.open_cache(workdir / cache["train"]) if cache else None

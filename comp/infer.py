@@ -23,7 +23,7 @@ from .cache import load_rgb, scan_headers
 from .checkpoint import load_weights
 from .data import IMAGE_EXTS
 from .feed import Images, in_batches, predict_logits
-from .io import CompError, write_csv, write_npz
+from .io import CompError, load_torch, write_csv, write_npz
 from .labels import LabelMap, natural_sorted
 from .progress import progress
 from .models import create_model
@@ -86,7 +86,8 @@ class Bundle:
         if run["label_hash"] != self.label_map.hash:
             raise CompError(f"{self.root / 'bundle.json'}: run {run['name']} was trained with label map "
                             f"{run['label_hash']}, the bundle's labels.json has {self.label_map.hash}")
-        state = torch.load(self.root / fold["file"], map_location="cpu", weights_only=True)
+        state = load_torch(self.root / fold["file"], map_location="cpu", weights_only=True,
+                           then="export the bundle again")
         model = create_model(run["arch"], num_classes=run["num_classes"], in_chans=3, img_size=run["img_size"],
                              **run["model_kwargs"])
         load_weights(model, state, self.root / fold["file"])  # bf16 tensors (--half) are copied into fp32

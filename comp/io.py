@@ -97,6 +97,19 @@ def write_npz(path, **arrays) -> None:
         np.savez(tmp, **arrays)
 
 
+def load_torch(path, **kwargs):
+    """torch.load, with a damaged or cut-short file named in a CompError (what to do is the caller's `then`)."""
+    import pickle
+
+    import torch
+
+    then = kwargs.pop("then", "train that fold again (--force)")
+    try:
+        return torch.load(path, **kwargs)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, KeyError) as exc:
+        raise CompError(f"{path}: damaged, not a readable torch file ({type(exc).__name__}: {exc}); {then}") from None
+
+
 def save_torch(path, obj) -> None:
     import torch
 

@@ -12,7 +12,7 @@ import torch
 
 from .checkpoint import load_weights
 from .folds import load_prepared, split_fingerprint
-from .io import CompError, link_or_copy, plain_name, read_json, write_json, write_npz, write_text
+from .io import CompError, link_or_copy, load_torch, plain_name, read_json, write_json, write_npz, write_text
 from .models import create_model, without_weight_kwargs
 from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
 from .augment import TTA_WEIGHTS, combine_views
@@ -97,7 +97,7 @@ def fold_model_and_feed(prepared, src, config, in_fold, device_name="auto", batc
     if not (src / "model.pt").exists():
         raise CompError(f"{src / 'model.pt'} not found: the fold's weights are gone, so it cannot predict again; "
                         f"retrain it (comp train --force) or choose a TTA its stored views allow")
-    checkpoint = torch.load(src / "model.pt", map_location=device, weights_only=False)
+    checkpoint = load_torch(src / "model.pt", map_location=device, weights_only=False)
     model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
                          img_size=config["img_size"], **without_weight_kwargs(config.get("model_kwargs", {})))
     load_weights(model, checkpoint["state_dict"], src / "model.pt")

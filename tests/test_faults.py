@@ -323,6 +323,24 @@ def test_fold_all_does_not_adopt_folds_of_another_split_and_damaged_json_is_name
     assert "folds/prepare.json: damaged, not readable JSON" in _error_line(capsys)
 
 
+def test_damaged_state_files_are_named(tmp_path, workdir, capsys):
+    from comp.io import load_torch
+
+    make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
+    _prepare(tmp_path / "data", workdir)
+    cache = sorted((folds_dir(workdir) / "cache").glob("train_*.npy"))[0]
+    cache.write_bytes(cache.read_bytes()[:-100])  # cut short
+    assert main(["train", "--arch", "custom_cnn", "--fold", "0", "--epochs", "1"]) == 2
+    assert f"{cache.name}: the image cache is missing or damaged" in _error_line(capsys)
+    folds = pd.read_csv(folds_dir(workdir) / "folds.csv", dtype=str).drop(columns="fold")
+    folds.to_csv(folds_dir(workdir) / "folds.csv", index=False)
+    assert main(["train", "--arch", "custom_cnn", "--fold", "0", "--epochs", "1"]) == 2
+    assert "folds.csv: column(s) fold missing; re-run `comp prepare`" in _error_line(capsys)
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(CompError, match=r"model\.pt: damaged, not a readable torch file \(EOFError"):
+        load_torch(tmp_path / "model.pt", then="train that fold again (--force)")
+
+
 # 7. two trainings on one machine -----------------------------------------------------------------
 
 def test_cpu_trainings_share_the_cores(tmp_path, monkeypatch):
