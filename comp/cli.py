@@ -21,28 +21,17 @@ def _prepare(args):
                            cache=not args.no_cache), overrides)
 
 
-def _train_config(args, fold):
-    from .train_config import config_from_args
-
-    return config_from_args(args, fold, STARTED)
-
-
 def _train(args):
-    from .models import count_params, create_model, list_models, model_info
-
     if args.list_archs:
-        for name in list_models():
-            params = count_params(create_model(name, num_classes=10, img_size=32))
-            print(f"{name:<20} {params / 1e6:8.2f}M params  {model_info(name)['description']}")
-        print("timm/<name>          any timm model (stem adapted to small inputs unless --no-adapt)")
+        from .models import print_archs
+
+        print_archs()
         return
     from .train import show_plan, train
+    from .train_config import config_from_args
 
     fold = -1 if args.fold == "all" else _int(args.fold, "--fold")
-    if args.plan:
-        show_plan(_train_config(args, fold))
-        return
-    train(_train_config(args, fold))
+    (show_plan if args.plan else train)(config_from_args(args, fold, STARTED))
 
 
 def _int(value, flag):
@@ -107,26 +96,21 @@ def _demo(args):
     run_demo(args.workdir, args.epochs, args.folds)
 
 
-def _one_process(command: str) -> None:
-    # torchrun is for one run on several processes; a study or a grid is many independent runs
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise CompError(f"comp {command} runs as one process per worker: start it without torchrun "
-                        f"(torchrun is for `comp train`)")
-
-
 def _tune(args):
+    from .distributed import refuse_torchrun
     from .tune import TuneOptions, tune
 
-    _one_process("tune")
+    refuse_torchrun("tune")
     tune(TuneOptions(args.arch, args.trials, args.fold, args.workdir, args.storage, args.study, args.space,
                      args.pruner, args.startup_trials, args.warmup_epochs, args.timeout, args.epochs,
                      args.sampler_seed, args.seed, args.device, args.precision))
 
 
 def _grid(args):
+    from .distributed import refuse_torchrun
     from .grid import grid
 
-    _one_process("grid")
+    refuse_torchrun("grid")
     recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "aug", "tta", "patience")}
     grid(args.archs, args.folds, args.workdir, seed=args.seed, device=args.device, precision=args.precision,
          **recipe)
@@ -366,6 +350,16 @@ def main(argv=None) -> int:
     return code
 
 
+# After Ctrl-C: what running the command again does (every command writes whole files or nothing).
+AGAIN = {"prepare": "the previous preparation is unchanged: run `comp prepare` again",
+         "train": "the same `comp train` with --resume continues from the last finished epoch",
+         "predict": "the same `comp predict` again skips the folds it finished",
+         "demo": "`comp demo` again continues it",
+         "tune": "the same `comp tune` again adds its --trials to the study",
+         "grid": "the same `comp grid` again skips the finished runs and resumes the unfinished one",
+         "download": "run `comp download` again"}
+
+
 def _run(args) -> int:
     debug = args.debug or os.environ.get("COMP_DEBUG", "") not in ("", "0")
     try:
@@ -377,12 +371,12 @@ def _run(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = {"demo": "`comp demo` again continues it",
-                 "tune": "the same `comp tune` again adds its --trials to the study",
-                 "grid": "the same `comp grid` again skips the finished runs and resumes the unfinished one"}
-        print(f"\ninterrupted: outputs written so far are complete; "
-              f"{again.get(args.command, '`comp train ... --resume` continues a run')}", file=sys.stderr)
+        print(f"\ninterrupted: outputs written so far are complete; {AGAIN.get(args.command, 'run it again')}",
+              file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `comp ... | head` closed the pipe: what it wanted was printed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except Exception as exc:  # a case comp does not check yet: one line, never a traceback
         if debug:
             raise

@@ -279,3 +279,10 @@ def barrier() -> None:
         dist.barrier(device_ids=[torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+def refuse_torchrun(command: str) -> None:
+    """torchrun is for one run on several processes; a study or a grid is many independent runs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CompError(f"comp {command} runs as one process per worker: start it without torchrun "
+                        f"(torchrun is for `comp train`)")

@@ -36,6 +36,9 @@ def predict_run(workdir, name: str, tta: str, folds: list[int] | None = None, ne
             raise CompError(f"run {name!r} has no complete fold {k} (complete: {run_folds})")
         dst = fold_dir(workdir, new_name, k)
         if is_complete(dst) and not force:
+            if folds is None:  # every fold: one finished before an interrupt is kept, as `train --fold all` does
+                print(f"{dst}: already complete, skipping (--force to predict it again)")
+                continue
             raise CompError(f"{dst} is already complete; pass --force to predict it again")
         with RunLock(dst):
             (dst / "metrics.json").unlink(missing_ok=True)  # not complete until rewritten

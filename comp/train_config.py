@@ -102,7 +102,7 @@ class TrainConfig:
         if given["batch_size"] != asked_batch:
             source = self.tuned_reasons.get("batch_size", "--batch-size")
             values["plan"]["batch_size"] = f"{source} {asked_batch} capped at the fold's {n_train} training images"
-        values["name"] = plain_name(self.name, "--name") if self.name else values["arch"].replace("/", "_")
+        values["name"] = self.name or values["arch"].replace("/", "_")
         try:
             augment = parse_aug(values["aug"])
         except ValueError as exc:
@@ -164,7 +164,9 @@ def config_from_args(args, fold: int, started: float) -> TrainConfig:
                                             "label_smoothing", "schedule", "bias_lr_scale", "aug", "tta",
                                             "patience", "grad_clip", "muon_lr", "muon_momentum", "ema_decay")}
     ema = {"on": True, "off": False}.get(args.ema)
-    tuned_on, arch, name, tuned_reasons = None, args.arch, args.name, {}
+    # --name becomes runs/<name>: a name, never a path (comp tune names its trials tune/<study>/trialN itself)
+    tuned_on, arch, tuned_reasons = None, args.arch, {}
+    name = None if args.name is None else plain_name(args.name, "--name")
     if getattr(args, "params", None) or getattr(args, "params_from", None):
         from .tune import tuned_fields  # tuned values fill only what the command line left unset
 

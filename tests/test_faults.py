@@ -341,6 +341,21 @@ def test_damaged_state_files_are_named(tmp_path, workdir, capsys):
         load_torch(tmp_path / "model.pt", then="train that fold again (--force)")
 
 
+def test_ctrl_c_says_what_running_the_command_again_does(capsys):
+    import argparse
+
+    from comp.cli import _run
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command, again in (("prepare", "the previous preparation is unchanged"), ("train", "with --resume"),
+                           ("predict", "skips the folds it finished"), ("infer", "run it again")):
+        assert _run(argparse.Namespace(command=command, func=interrupted, debug=False)) == 130
+        err = capsys.readouterr().err
+        assert again in err and (command == "train" or "--resume" not in err)
+
+
 # 7. two trainings on one machine -----------------------------------------------------------------
 
 def test_cpu_trainings_share_the_cores(tmp_path, monkeypatch):

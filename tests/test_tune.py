@@ -16,7 +16,8 @@ from conftest import make_competition
 
 import comp.train
 from comp.augment import parse_aug
-from comp.cli import _train_config, build_parser, main
+from comp.cli import build_parser, main
+from comp.train_config import config_from_args
 from comp.folds import PrepareOptions, load_prepared, prepare, split_fingerprint
 from comp.grid import grid
 from comp.io import CompError
@@ -30,6 +31,11 @@ from comp.tune_study import TrialSeededSampler, open_study
 # fp32: CPU bf16 rounding would make the pruning test depend on the machine's kernels
 FAST = ["--precision", "fp32"]
 
+
+
+def _train_config(args, fold):
+    """The TrainConfig `comp train` builds from these parsed flags for this fold."""
+    return config_from_args(args, fold, started=0.0)
 
 @pytest.fixture
 def prepared(tmp_path, workdir):

@@ -172,3 +172,11 @@ def count_macs(model: nn.Module, in_chans: int = 3, img_size: int = 32) -> int:
 # register_model from this package, so these imports must stay at the bottom.
 from . import simple, vgg, resnet, effnet, mobilenet, squeezenet, fastnet  # noqa: E402,F401
 from . import timm_adapter  # noqa: E402
+
+
+def print_archs() -> None:
+    """`comp train --list-archs`: every registered net with its parameters at 10 classes, 32px."""
+    for name in list_models():
+        params = count_params(create_model(name, num_classes=10, img_size=32))
+        print(f"{name:<20} {params / 1e6:8.2f}M params  {model_info(name)['description']}")
+    print("timm/<name>          any timm model (stem adapted to small inputs unless --no-adapt)")
