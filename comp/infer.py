@@ -48,6 +48,9 @@ class InferOptions:
 def infer(opts: InferOptions) -> Path:
     from .bundle import load_bundle
 
+    for flag, path in (("--out", opts.out), ("--logits", opts.logits)):  # before any work, not after it
+        if path and Path(path).is_dir():
+            raise CompError(f"{flag} {path}: is a folder; give a file path (e.g. {Path(path) / 'submission.csv'})")
     bundle = load_bundle(opts.bundle, opts.device, opts.precision)
     predictions = bundle.predict(opts.images, ids=opts.ids, skip_bad=opts.skip_bad, batch_size=opts.batch_size,
                                  keep_logits=bool(opts.logits))
@@ -238,8 +241,11 @@ def order_by_ids(table: pd.DataFrame, ids_csv, id_col: str, images) -> pd.DataFr
     wanted = pd.read_csv(ids_csv, dtype=str, keep_default_na=False)
     if id_col not in wanted.columns:
         raise CompError(f"{ids_csv}: no column {id_col!r} (the bundle's id column); columns: {list(wanted.columns)}")
-    by_id = table.set_index("id").path
     wanted_ids = wanted[id_col].str.strip()
+    # ids as this CSV writes them: with the extension (30.png) or without (30), whatever the bundle's sample did
+    forms = [table.set_index("id").path] + [pd.Series(table.path.to_numpy(), index=[key(Path(p)) for p in table.path])
+                                            for key in (lambda p: p.name, lambda p: p.stem)]
+    by_id = max((form for form in forms if form.index.is_unique), key=lambda form: wanted_ids.isin(form.index).sum())
     missing = wanted_ids[~wanted_ids.isin(by_id.index)]
     if len(missing):
         rows = ", ".join(f"row {i + 2} ({v!r})" for i, v in missing.head(5).items())

@@ -218,6 +218,11 @@ def test_empty_folder_and_ids_without_images(bundle, tmp_path, capsys, monkeypat
     assert main(["infer", str(out), "--images", str(images), "--ids", str(ids)]) == 2
     err = capsys.readouterr().err
     assert "ids.csv: 1 id(s) have no image" in err and "'77'" in err
+    pd.DataFrame({"id": ["2.png", "1.png"], "label": "plane"}).to_csv(ids, index=False)  # ids with extensions
+    assert main(["infer", str(out), "--images", str(images), "--ids", str(ids), "--out", "ext.csv"]) == 0
+    assert list(pd.read_csv(tmp_path / "ext.csv", dtype=str).id) == ["2.png", "1.png"]  # as the CSV writes them
+    assert main(["infer", str(out), "--images", str(images), "--out", str(tmp_path / "empty")]) == 2
+    assert f"--out {tmp_path / 'empty'}: is a folder; give a file path" in capsys.readouterr().err
 
 
 def test_download_through_a_fake_kaggle_then_prepare(tmp_path, monkeypatch, capsys):
