@@ -85,7 +85,8 @@ def run_scores(aligned: Aligned, num_classes: int) -> list[dict]:
     for run, z in zip(aligned.runs, aligned.oof_logits):
         rows.append({"run": run.name, "folds": run.fold_ids,
                      **ensemble.score_probs(ensemble.softmax(z), aligned.y, num_classes),
-                     "tta": run.folds[0].config.get("tta"), "oof_labels_used": run_label_use(run)})
+                     "tta": "/".join(dict.fromkeys(str(f.config.get("tta")) for f in run.folds)),  # per fold (--budget)
+                     "oof_labels_used": run_label_use(run)})
     return rows
 
 

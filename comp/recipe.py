@@ -271,6 +271,14 @@ def planned_batch(recipe_batch: int, n_train: int) -> int:
     return int(min(recipe_batch, cap, max(1, n_train)))  # never above the images there are
 
 
+def _batch_reason(batch: int, n_train: int) -> str:
+    if batch >= n_train:
+        return f"all {n_train} images in one step"
+    if batch == MIN_BATCH:
+        return f"the smallest batch: {n_train} images give {n_train // batch} steps an epoch"
+    return f"{n_train} images / {MIN_STEPS_PER_EPOCH} steps an epoch"
+
+
 def rescaled_lrs(recipe: dict, batch: int) -> dict:
     """lr (and Muon's filter lr) for `batch`, from the recipe's values at its own batch."""
     ratio = batch / recipe["batch_size"]
@@ -338,8 +346,7 @@ def plan(shape: DataShape, given: dict, arch: str | None = None, model_kwargs: d
     batch = given.get("batch_size") or planned_batch(recipe["batch_size"], shape.n_train)
     if batch != recipe["batch_size"]:
         values["batch_size"] = batch
-        reasons["batch_size"] = ("--batch-size" if given.get("batch_size") else
-                                 f"{shape.n_train} images / {MIN_STEPS_PER_EPOCH} steps an epoch")
+        reasons["batch_size"] = ("--batch-size" if given.get("batch_size") else _batch_reason(batch, shape.n_train))
         for key, value in rescaled_lrs(recipe, batch).items():
             values[key], reasons[key] = value, f"rescaled from {recipe[key]:g} at batch {recipe['batch_size']}"
             if key == "muon_lr" and value == MUON_LR_FLOOR < recipe[key]:

@@ -104,6 +104,7 @@ def test_each_fold_predicts_with_its_own_tta_and_rank_is_refused(trained, tmp_pa
     assert main(["--workdir", str(work), "train", "--arch", "custom_cnn", "--fold", "1", "--epochs", "2",
                  "--batch-size", "8", "--tta", "none", "--force"]) == 0  # fold 0 keeps flip: --budget can do this
     assert main(["--workdir", str(work), "blend", "--runs", "custom_cnn", "--name", "b"]) == 0
+    assert "(TTA flip/none)" in capsys.readouterr().out  # each fold's, not fold 0's
     expected = pd.read_csv(work / "submissions" / "b.csv", dtype=str)
     fitted = fit_blend(BlendOptions("soft", ["custom_cnn"], workdir=str(work)))
     probs = fitted.blender.predict(fitted.aligned.test_logits)

@@ -255,6 +255,8 @@ def test_a_budget_that_cannot_fit_one_epoch_is_an_error(tmp_path, workdir, monke
 
 def test_the_planner_fits_tiny_data():
     assert plan(DataShape(32, 8, 2), {}).values["batch_size"] == 8  # never above the images there are
+    assert plan(DataShape(32, 8, 2), {}).reasons["batch_size"] == "all 8 images in one step"
+    assert plan(DataShape(32, 96, 2), {}).reasons["batch_size"] == "the smallest batch: 96 images give 6 steps an epoch"
     with pytest.raises(CompError, match="fastnet needs images of at least 9px .* these are 8px: prepare them larger"):
         plan(DataShape(8, 1000, 10), {})
     assert plan(DataShape(8, 1000, 10), {}, arch="simple_cnn").values["arch"] == "simple_cnn"
