@@ -125,6 +125,22 @@ def _decode_all(paths, size: int, desc: str, array) -> tuple[list[tuple[int, str
     return bad, hashes
 
 
+def check_cache_fits(n_images: int, size: int, sides, folder: Path) -> None:
+    """Refuse a cache the disk cannot hold (a --size typo makes one of many GB), and say so when --size
+    enlarges the images far beyond any seen (their pixels hold nothing new, and cost as much)."""
+    import shutil
+
+    need = n_images * size * size * 3
+    free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    if need > 0.9 * free:
+        raise CompError(f"--size {size}: the image cache would take {need / 1e9:.1f} GB, and {folder} has "
+                        f"{free / 1e9:.1f} GB free; choose a smaller --size, or --no-cache to read the files")
+    largest = max((max(s) for s in sides if s), default=size)
+    if size > 2 * largest:
+        print(f"note: --size {size} enlarges images of at most {largest}px {size / largest:.1f}x; the cache takes "
+              f"{need / 1e9:.2f} GB and training costs {(size / largest) ** 2:.0f}x the pixels for no new detail")
+
+
 def open_cache(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r")

@@ -13,10 +13,10 @@ it, but no cache is written: prepare.json says "cache": null and `comp train` re
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from . import cache as cache_mod
 from . import staging
 from .data import (LayoutOverrides, Problem, detect_layout, open_competition, read_input_csv, read_test_table,
                    read_train_table, unlisted_test_images)
-from .io import CompError, read_json, write_csv, write_json
+from .io import CompError, read_json, relative_path, write_csv, write_json
 from .labels import LabelMap, build_label_map
 from .runs import runs_root
 
@@ -124,6 +124,8 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
 
     size, size_reason = (opts.size, "--size") if opts.size else cache_mod.choose_size(train["size"])
     _warn_size_change(workdir, previous, size)
+    if opts.cache:
+        cache_mod.check_cache_fits(len(train) + len(test), size, train["size"], out)
     # Everything is written under a staging folder and switched in at the end (comp/staging.py),
     # so a failed or killed prepare leaves the previous preparation whole.
     with staging.Staging(out) as stage:
@@ -134,14 +136,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         label_map = build_label_map(train.label, sample[layout.sub_label_col])
         train["fold"] = assign_folds(train.label, opts.folds, opts.seed, groups=train_hashes)
 
-        def rel(p):  # paths relative to the workdir keep folds/ portable with the data
-            if not p:
-                return ""
-            try:
-                return os.path.relpath(p, workdir)
-            except ValueError:  # Windows: another drive has no relative path
-                return str(p)
-
+        rel = partial(relative_path, base=workdir)  # relative to the workdir: folds/ moves with the data
         folds_table = pd.DataFrame({"id": train.id, "path": train.path.map(rel), "label": train.label,
                                     "fold": train.fold, "source": train.source})
         test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})

@@ -49,6 +49,16 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def relative_path(path, base) -> str:
+    """path relative to base ("" stays ""); as given where none exists (Windows: another drive)."""
+    if not path:
+        return ""
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:
+        return str(path)
+
+
 def link_or_copy(src, dst) -> None:
     """dst becomes the same file as src: a hard link where the file system allows one, else a copy."""
     with atomic_path(dst) as tmp:

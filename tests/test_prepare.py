@@ -79,6 +79,15 @@ def test_class_folder_layout_with_odd_sample_columns(tmp_path, workdir):
     assert load_prepared(workdir).label_map.classes == ("daisy", "rose", "tulip")
 
 
+def test_a_size_the_disk_cannot_hold_is_refused(tmp_path, workdir, capsys):
+    make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
+    with pytest.raises(CompError, match=r"--size 200000: the image cache would take .* GB free; choose a smaller"):
+        run_prepare(tmp_path / "data", workdir, folds=2, size=200_000)
+    assert not (workdir / "folds").exists()
+    run_prepare(tmp_path / "data", workdir, folds=2, size=64)
+    assert "note: --size 64 enlarges images of at most 16px 4.0x" in capsys.readouterr().out
+
+
 def test_labels_in_file_names_say_how_to_pass_them(tmp_path, workdir):
     """dogs-vs-cats: train/cat.0.jpg with no labels file. The error says what to do, and doing it works."""
     root = tmp_path / "dogscats"
