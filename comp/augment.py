@@ -294,7 +294,7 @@ class BatchAugment:
         label-mixing op is active, then float32 soft targets (B, num_classes).
         altflip also needs index (the images' positions in the training set) and epoch."""
         gen = generator if generator is not None else self.generator
-        memory_format = _memory_format(x)
+        memory_format = memory_format_of(x)
         ops = self.ops
         for name, param in ops.items():  # already in application order
             if name == "altflip":
@@ -318,7 +318,7 @@ class BatchAugment:
         return x.contiguous(memory_format=memory_format), target
 
 
-def _memory_format(x):
+def memory_format_of(x):
     """channels_last if x is stored that way (and not also plain-contiguous), else default."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
@@ -366,41 +366,3 @@ def default_aug(n_images, img_size):
     if n_images < 20_000:
         parts.append(f"cutout:{max(1, img_size // 4)}")
     return ",".join(parts)
-
-
-# ----------------------------------------------------------------------------- test-time
-
-TTA_MODES = ("none", "flip", "flip+shift")  # each mode's views start with the narrower mode's
-# Weights of the views tta_views makes, in its order: plain, mirrored, then the four shifted ones.
-TTA_WEIGHTS = {"none": (1.0,), "flip": (0.5, 0.5), "flip+shift": (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
-
-
-def tta_views(x, mode="flip", shift=1):
-    """[(weight, view)] whose weighted LOGITS the caller averages; weights sum to 1.
-    'flip+shift' is airbench's scheme: original and mirror at 0.25 each, plus both of them
-    shifted `shift` px up-left and down-right (reflect pad, then crop) at 0.125 each. 1 px at
-    every size: on tiny100 (64px, 5 folds) 2 and 4 px scored within 0.1 point of it
-    (scripts/bench_tta.py, BENCHMARKS.md)."""
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(TTA_MODES)}")
-    weights = TTA_WEIGHTS[mode]
-    if mode == "none":
-        return [(weights[0], x)]
-    fmt = _memory_format(x)
-    views = [x, x.flip(-1).contiguous(memory_format=fmt)]
-    if mode == "flip+shift":
-        H, W = x.shape[-2:]
-        for img in views[:2]:
-            padded = F.pad(img, (shift,) * 4, mode="reflect")
-            for off in (0, 2 * shift):  # crop offset 0 = shift (-s,-s), offset 2s = shift (+s,+s)
-                views.append(padded[..., off:off + H, off:off + W].contiguous(memory_format=fmt))
-    return list(zip(weights, views))
-
-
-def combine_views(view_logits, mode: str):
-    """(V, N, C) per-view logits of a mode at least as wide as `mode` -> (N, C) logits of `mode`:
-    the narrower mode's views are the first ones, so re-scoring another TTA needs no model."""
-    weights = TTA_WEIGHTS[mode]
-    if len(view_logits) < len(weights):
-        raise ValueError(f"TTA {mode!r} needs {len(weights)} views, the logits hold {len(view_logits)}")
-    return sum(w * view_logits[i] for i, w in enumerate(weights))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from .augment import TTA_MODES, TTA_WEIGHTS
+from .tta import TTA_MODES, TTA_WEIGHTS
 
 CALIBRATION_STEPS = 4  # step 1 pays warm-up; steps 2..4 time the rate
 SAFETY = 0.03  # of the budget, kept for what is not measured

@@ -28,10 +28,11 @@ import os
 import numpy as np
 import torch
 
-from .augment import TTA_WEIGHTS, BatchAugment, combine_views, parse_aug, tta_views
+from .augment import BatchAugment, parse_aug
 from .distributed import run_on_main
 from .io import CompError
 from .progress import progress
+from .tta import TTA_WEIGHTS, combine_views, tta_views
 
 LOADERS = ("auto", "cache", "albu")
 BATCH_ONLY = ("cutmix", "mixup")  # mix pairs of images: no per-image counterpart

@@ -15,7 +15,7 @@ from .folds import load_prepared, split_fingerprint
 from .io import CompError, link_or_copy, load_torch, plain_name, read_json, write_json, write_npz, write_text
 from .models import create_model, without_weight_kwargs
 from .runs import RunLock, check_trained_on, fold_dir, is_complete, runs_root
-from .augment import TTA_WEIGHTS, combine_views
+from .tta import TTA_WEIGHTS, combine_views
 from .feed import make_feed, resolve_loader
 from .train import pick_device, pick_precision, scores
 

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .augment import combine_views
 from .cpu_share import share_cpu
 from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_object, init_from_env,
                           local_batch_size, run_on_main, shard)
@@ -48,6 +47,7 @@ from .recipe import RECIPE_FIELDS, format_seconds, plan
 from .runs import (OOF_LABEL_USES, RunBusy, RunLock, check_adoptable, fold_dir, is_complete, oof_label_use,
                    recipe_differs)
 from .train_config import TrainConfig, data_shape, pick_precision
+from .tta import combine_views
 
 # Views of the per-view logits kept in oof.npz/test.npz while they stay below this many floats.
 MAX_VIEW_FLOATS = 50_000_000

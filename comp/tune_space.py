@@ -36,11 +36,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .augment import TTA_MODES, BatchAugment, parse_aug, pixel_params
+from .augment import BatchAugment, parse_aug, pixel_params
 from .io import CompError
 from .models import create_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .recipe import RECIPE_FIELDS, DataShape, arch_recipe, plan
+from .tta import TTA_MODES
 
 _SHIFT_OPS = ("translate", "translate_wrap", "crop")  # augment.py allows one of these at a time
 

@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from comp.augment import combine_views, tta_views  # noqa: E402
+from comp.tta import combine_views, tta_views  # noqa: E402
 from comp.feed import autocast  # noqa: E402
 from comp.folds import load_prepared  # noqa: E402
 from comp.io import read_json  # noqa: E402

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comp.augment import AUGMENTATIONS, TTA_MODES, default_aug, parse_aug, tta_views
+from comp.augment import AUGMENTATIONS, default_aug, parse_aug
+from comp.tta import TTA_MODES, tta_views
 from comp.augment_albu import AlbuImageDataset, build_albu_transform
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
