@@ -192,7 +192,9 @@ class Lookahead:
         decay = (self.decay_base ** self.every_steps) * (step / total_steps) ** self.decay_pow
         self._pull(state, decay)
 
-    def finish_epoch(self) -> None:
+    def finish(self) -> None:
+        """At the end of training only: the steps since the last pull are dropped (airbench's final update
+        with decay 1). Each epoch would drop them every epoch where an epoch's steps are not a multiple of 5."""
         if self.average is not None:
             self._pull(self._model.state_dict(), 1.0)
 

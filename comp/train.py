@@ -271,8 +271,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
                 state["total_steps"] = state["step"]  # a slowdown within the epoch (DDP ranks refit per epoch)
             if state["step"] >= state["total_steps"]:
                 break
-        if lookahead:
-            lookahead.finish_epoch()
+        if lookahead and state["step"] >= state["total_steps"]:  # once, as airbench: the live weights take the average
+            lookahead.finish()
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # queued kernels belong to this epoch's time
         train_seconds = time.time() - started

@@ -1,12 +1,15 @@
 """Optimisers and schedules: Muon's orthogonalised steps, its parameter split, the schedules, lookahead."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import prepared_workdir
 
 from comp.models import create_model
 from comp.optim import Lookahead, Muon, build_optimizer, lr_multiplier, orthogonalize
+from comp.train import TrainConfig, train
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (32, 32)])
@@ -113,5 +116,14 @@ def test_lookahead_keeps_decay_base_to_the_fifth_of_the_average_at_the_end(decay
     model.weight.data.fill_(1.0)
     lookahead.step(7, 10)  # between pulls nothing moves
     assert model.weight.item() == 1.0
-    lookahead.finish_epoch()  # the epoch ends on the average
+    lookahead.finish()  # training ends on the average
     assert model.weight.item() == pytest.approx(1 - kept)
+
+
+def test_lookahead_keeps_the_steps_an_epoch_ends_between_pulls(tmp_path, workdir):
+    """3 steps an epoch (not a multiple of 5): the live weights after epoch 1 are its own, not the average."""
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)  # 2 folds: 18 training images, batch 6
+    [metrics] = train(TrainConfig(arch="custom_cnn", fold=0, workdir=str(workdir), epochs=3, batch_size=6,
+                                  optimizer="sgd", lr=0.05, ema=True, tta="none", val_every=1, patience=0))
+    history = pd.read_csv(workdir / "runs" / "custom_cnn" / "fold0" / "history.csv")
+    assert history.val_loss.nunique() == 3  # each epoch moved the weights (it used to end on a stale average)
