@@ -230,9 +230,9 @@ def broadcast_object(obj, src: int = 0):
 def run_on_main(fn, *args, **kwargs):
     """fn(...) on rank 0 only; every rank returns its result.
 
-    An exception there is raised on every rank (as the same CompError, marked quiet so that
-    only rank 0 prints it; else a RuntimeError) instead of leaving the others waiting in
-    their next collective.
+    An exception there is raised on every rank instead of leaving the others waiting in their next
+    collective: the same class (RunBusy stays RunBusy, so `--fold all` skips a busy fold on every rank),
+    a CompError marked quiet so that only rank 0 prints it; one that cannot travel as a RuntimeError.
     """
     result, error = None, None
     if not _active() or dist.get_rank() == 0:
@@ -242,18 +242,27 @@ def run_on_main(fn, *args, **kwargs):
             if not _active():
                 raise
             error = exc
-    kind, payload = broadcast_object(("error", (type(error).__name__, str(error))) if error is not None
-                                     else ("ok", result))
+    kind, payload = broadcast_object(("error", _portable(error)) if error is not None else ("ok", result))
     if error is not None:
         raise error
     if kind == "error":
-        name, message = payload
-        if name != "CompError":
-            raise RuntimeError(f"rank 0 failed: {name}: {message}")
-        error = CompError(message)
-        error.quiet = True  # rank 0 reports it; `comp` prints it once
-        raise error
+        if isinstance(payload, CompError):
+            payload.quiet = True  # rank 0 reports it; `comp` prints it once
+        raise payload
     return payload
+
+
+def _portable(error: Exception) -> Exception:
+    """The exception itself where it pickles with its message (CompError and its kinds do), else a RuntimeError."""
+    import pickle
+
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+        if type(copy) is type(error) and str(copy) == str(error):
+            return error
+    except Exception:  # noqa: BLE001 - anything that does not travel is sent as text
+        pass
+    return RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -184,7 +184,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     model = model.to(device).to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if hasattr(model, "init_from_data"):  # on each rank's shard; DDP then copies rank 0's result
+    # on each rank's shard (DDP then copies rank 0's result); --weights bring the whitening their convs were trained on
+    if hasattr(model, "init_from_data") and not cfg.model_kwargs.get("weights"):
         model.init_from_data(feed.sample(5000))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.bias_lr_scale,
                                 cfg.muon_lr, cfg.muon_momentum)

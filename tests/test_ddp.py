@@ -52,6 +52,22 @@ def test_single_process_has_no_process_group(monkeypatch):
         local_batch_size(2, 4)
 
 
+def test_an_error_on_rank_0_travels_as_its_own_class():
+    """The other ranks re-raise what run_on_main broadcasts: a busy fold must stay RunBusy there, so that
+    `--fold all` skips it on every rank rather than failing on all but rank 0."""
+    from comp.distributed import _portable
+    from comp.runs import RunBusy
+
+    busy = _portable(RunBusy("runs/x/fold0 is locked by host 123"))
+    assert type(busy) is RunBusy and str(busy) == "runs/x/fold0 is locked by host 123"
+
+    class Local(Exception):  # defined in a function: it cannot be pickled, so it travels as text
+        pass
+
+    text = _portable(Local("odd"))
+    assert type(text) is RuntimeError and str(text) == "rank 0 failed: Local: odd"
+
+
 def test_torchrun_two_processes_write_one_run(tmp_path):
     make_competition(tmp_path / "data", "cifar", per_class=12, size=16)
     work = tmp_path / "work"

@@ -248,6 +248,8 @@ def test_fastnet_shapes_and_recipe():
     assert muon["lr"] * muon["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)  # decay per step
     assert muon["aug"] == "altflip,translate:2" and muon["schedule"] == "linear" and not muon["ema"]
     assert create_model("fastnet_s2d", img_size=64).space_to_depth == 2
+    # --arch by hand builds the planner's net: the fold grows with the image (4 at 128px, 8 at 256px)
+    assert [create_model("fastnet_s2d_deep", img_size=size).space_to_depth for size in (96, 128, 256)] == [2, 4, 8]
     assert create_model("fastnet_s2d", img_size=32).space_to_depth == 1  # below 64px: plain fastnet
 
 

@@ -16,6 +16,7 @@ from conftest import make_competition
 from comp.blend import BlendOptions, blend
 from comp.folds import PrepareOptions, prepare
 from comp.io import CompError
+from comp.models import create_model
 from comp.recipe import MUON_LR_FLOOR
 from comp.train import TrainConfig, train
 
@@ -232,3 +233,18 @@ def test_muon_and_altflip_train_fastnet_and_resume(tmp_path, workdir):
     assert (config["optimizer"], config["aug"]) == ("muon", "altflip,translate:2")
     assert config["muon_lr"] == MUON_LR_FLOOR  # the planner rescaled it to the batch (sqrt: 0.015), up to the floor
     assert metrics["epochs_run"] == 3 and np.isfinite(metrics["log_loss"])
+
+
+def test_weights_keep_the_whitening_their_convs_were_trained_on(tmp_path, workdir):
+    """fastnet's whitening is computed from the data only for a net that starts from scratch: with --weights the
+    loaded whitening stays (recomputed, its directions' order and signs would not be what conv1 learned on)."""
+    import torch
+
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    net = create_model("fastnet", num_classes=3, img_size=16)
+    torch.nn.init.normal_(net.whiten.weight)  # any whitening but the one this data gives
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    train(TrainConfig(arch="fastnet", fold=0, workdir=str(workdir), epochs=1, tta="none",
+                      model_kwargs={"weights": str(tmp_path / "w.pt")}))
+    saved = torch.load(workdir / "runs" / "fastnet" / "fold0" / "model.pt")["state_dict"]
+    torch.testing.assert_close(saved["whiten.weight"], net.whiten.weight.detach())  # frozen, and never recomputed

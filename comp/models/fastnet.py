@@ -57,6 +57,12 @@ MAX_WHITEN_DIRECTIONS = 24
 EARLIER_DEFAULT_WIDTHS = {(64, 192, 384): (64, 192, 192)}  # fastnet_s2d_deep before a88d544
 
 
+def s2d_fold(img_size: int) -> int:
+    """The pixel fold of the s2d nets for this size: 2 at 64px, 4 at 128px, 8 at 256px (the first group runs at
+    32-63px), as the planner's default_arch chooses; below 64px the nets do not fold whatever it says."""
+    return 2 ** max(1, int(math.log2(max(img_size, 1) / 32)))
+
+
 class BatchNorm(nn.BatchNorm2d):
     """airbench BN: eps 1e-12, weight frozen at 1 (scale is redundant before the next conv)."""
 
@@ -282,7 +288,7 @@ def fastnet_xl(num_classes, in_chans, img_size, **kw):
     recipe=FASTNET_RECIPE,
 )
 def fastnet_s2d(num_classes, in_chans, img_size, **kw):
-    kw.setdefault("space_to_depth", 2)
+    kw.setdefault("space_to_depth", s2d_fold(img_size))
     return FastNet(num_classes, in_chans, img_size, **kw)
 
 
@@ -298,7 +304,7 @@ def fastnet_s2d_deep(num_classes, in_chans, img_size, **kw):
     # one sitting) and +1.2 / +2.2 on fold 0 against two earlier sittings (BENCHMARKS.md). Its recipe stays
     # FASTNET_RECIPE, whose head lr is for a last width of 256 (fastnet_muon_recipe(width=384) would lower it):
     # on tiny100 fold 0 at 12E that lower head lr (with its weight decay and bias scale) scored 0.5332 against 0.5500.
-    kw.setdefault("space_to_depth", 2)
+    kw.setdefault("space_to_depth", s2d_fold(img_size))
     kw.setdefault("widths", (64, 192, 384))
     kw.setdefault("depth", 3)
     return FastNet(num_classes, in_chans, img_size, **kw)
@@ -309,5 +315,5 @@ def fastnet_s2d_deep(num_classes, in_chans, img_size, **kw):
     recipe=FASTNET_L_MUON_RECIPE,
 )
 def fastnet_l_s2d(num_classes, in_chans, img_size, **kw):
-    kw.setdefault("space_to_depth", 2)
+    kw.setdefault("space_to_depth", s2d_fold(img_size))
     return fastnet_l(num_classes, in_chans, img_size, **kw)
