@@ -132,7 +132,7 @@ BLEND_HELP = ("soft: average the runs' probabilities; logit: average their logit
 
 def _add_train_args(p):
     p.add_argument("--arch", help="architecture name (see --list-archs) or timm/<name>; default: planned from the "
-                                  "image size (fastnet, or fastnet_s2d_deep above 48px)")
+                                  "image size (fastnet, or fastnet_s2d_deep above 48px), or with --budget the net the clock allows")
     p.add_argument("--fold", default="0", help="fold to hold out (0..K-1) or 'all' (default 0)")
     p.add_argument("--name", help="run name (default: the arch); runs/<name>/fold<K>/")
     p.add_argument("--list-archs", action="store_true", help="list architectures with parameter counts")
@@ -157,10 +157,11 @@ def _add_train_args(p):
     g.add_argument("--muon-momentum", type=float, help="--optimizer muon: momentum of the conv filters (default 0.6)")
     g.add_argument("--schedule", choices=["onecycle", "cosine", "triangle", "linear", "plateau", "constant"],
                    help="lr schedule over the run (plateau: ReduceLROnPlateau on the held-out loss)")
-    g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for biases and norm parameters")
+    g.add_argument("--bias-lr-scale", type=float, help="lr multiplier for norm parameters (with Muon: every "
+                   "parameter of one dimension, biases included)")
     g.add_argument("--ema", choices=["on", "off"], help="lookahead weight averaging")
-    g.add_argument("--ema-decay", type=float, help="lookahead: the share of the average each pull keeps, "
-                   "x (step/steps)^3 (airbench's 0.95; the planner's 0.98 for scarce data)")
+    g.add_argument("--ema-decay", type=float, help="lookahead's per-step decay: every 5 steps the average keeps "
+                   "decay^5 x (step/steps)^3 (airbench's 0.95; the planner's 0.98 for scarce data)")
     g.add_argument("--aug", help="e.g. flip,translate:2,cutout:8 ('none' for no augmentation)")
     g.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation views "
                    "(flip+shift: airbench's 6 views); every view's logits are kept")
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", required=True, choices=TTA_CHOICES,
                    help="test-time augmentation of the new predictions: none, flip (2 views), flip+shift (6 views)")
     p.add_argument("--fold", default="all", help="a fold number or 'all' (default)")
-    p.add_argument("--name", help="name of the new run (default <run>_tta-<mode>)")
+    p.add_argument("--name", help="name of the new run (default <run>_tta-<mode without '+'>, e.g. R_tta-flipshift)")
     p.add_argument("--force", action="store_true", help="overwrite a complete re-predicted run")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_predict)
@@ -236,10 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="soft", choices=BLEND_CHOICES,
                    help=BLEND_HELP + " (default soft)")
     p.add_argument("--runs", nargs="+", help="run names or globs (default: every complete run)")
-    p.add_argument("--name", help="submission name (default: <method>_<n>runs)")
+    p.add_argument("--name", help="submission name (default: <method>_<n>runs[_top<T>][_T])")
     p.add_argument("--top", help="keep the best runs first: '30%%' or a count")
     p.add_argument("--temperature", action="store_true", help="temperature-scale each run before combining")
-    p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"], help="for --method select")
+    p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"],
+                   help="ranks the runs --top keeps and drives --method select (default logloss)")
     p.set_defaults(func=_blend)
 
     p = sub.add_parser("report", parents=[workdir], help="leaderboard, blend comparison, per-class table, plots, HTML")
@@ -266,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=BLEND_HELP + " (default soft)")
     p.add_argument("--top", help="as in comp blend")
     p.add_argument("--temperature", action="store_true", help="as in comp blend")
-    p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"], help="for --method select")
+    p.add_argument("--metric", default="logloss", choices=["logloss", "accuracy"],
+                   help="ranks the runs --top keeps and drives --method select (default logloss)")
     p.add_argument("--out", help="bundle folder (default <workdir>/bundles/<name>)")
     p.add_argument("--half", action="store_true", help="store the weights as bf16 (half the size)")
     p.add_argument("--zip", action="store_true", help="also write <out>.zip (to upload as a Kaggle dataset)")

@@ -2,8 +2,8 @@
 
 Three layouts are recognised; every guess can be overridden (see `LayoutOverrides`):
 1. cifar-10 style: train/ with {id}.jpg, trainLabels.csv (id,label), test/, sampleSubmission.csv
-2. separate parts: train.csv + train_images/, val.csv + val_images/, test.csv + test_images/,
-   sample_submission.csv. The parts are merged into one pool (column `source`).
+2. separate parts: train.csv + train_images/, val.csv + val_images/, test_images/ (ids from
+   sample_submission.csv). The parts are merged into one pool (column `source`).
 3. class folders: train/<class>/*.jpg, a flat test/ folder, any sample submission.
 """
 from __future__ import annotations

@@ -13,8 +13,8 @@ Both feeds give normalised float (B, C, H, W) channels_last batches on the devic
     for x, target in feed.train_batches(n_steps): ...        # augmented, one epoch's worth
     logits = feed.predict(model, "val", "flip", precision)   # "val" or "test", with TTA views
 
-Normalisation statistics come from the training rows: the cache feed measures up to 5000
-cached images; the albu feed decodes an evenly spaced sample of up to 1000 training files once
+Normalisation statistics come from the training rows: the cache feed measures about 5000
+(every N//5000-th) cached images; the albu feed decodes an evenly spaced sample of up to 1000 training files once
 (resized like training images). Measuring instead of using ImageNet's values keeps the two
 feeds' normalisation the same, so runs from either blend alike and fastnet's data-derived
 whitening sees the same inputs.

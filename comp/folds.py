@@ -5,6 +5,8 @@ Everything lands in <workdir>/folds/, written atomically:
   test.csv      id, path in the sample submission's order (row i is row i of cache/test_<S>.npy)
   labels.json   the label map (class order, hash, how labels are written back)
   prepare.json  what was detected, counts, sizes, modes, duplicates, dropped rows
+  sample_submission.csv  a copy, so folds/ stays usable when the data moves
+  cache/{train,test}_<S>.npy  every image decoded once to uint8 (N, S, S, 3), memory-mapped
 
 With --no-cache (images too large to hold decoded) every image is still decoded once to check
 it, but no cache is written: prepare.json says "cache": null and `comp train` reads the files

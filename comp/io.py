@@ -1,4 +1,5 @@
-"""Atomic file output: every file comp writes goes through here.
+"""Atomic file output: every file comp reads back goes through here (not TensorBoard events, Optuna's
+storage, or the zip the Kaggle API downloads).
 
 A crash (Ctrl-C, kill -9, full disk) must never leave a half-written file where a
 later stage would read it, so each writer fills a temporary file in the same folder

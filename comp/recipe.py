@@ -11,10 +11,10 @@ What the planner derives from the data (`DataShape`: image size, training images
               groups of three convs with a shortcut at widths 64/192/384 (about 1.35x the 32px net's
               multiply-adds; tiny100 at 12E: +1.6 and +0.6 macro-F1 on folds 0-1 over fastnet_s2d's 64/256/256
               at 64/192/192, then +1.2 to +2.2 on folds 0-3 with the last group at 384, 25-28 epochs);
-              with --budget, the last of fastnet, fastnet_l, fastnet_xl (airbench94/95/96's nets)
-              whose recipe epochs fit at the speed timed on this machine (budget_arch); under
+              with --budget, the last of the data's default net, fastnet_l, fastnet_xl (airbench95/96's
+              nets, folding pixels as the default net does) whose recipe epochs fit at the speed timed on this machine (budget_arch); under
               SCARCE_PER_CLASS images a class only fastnet_l_muon, once SCARCE_WIDE_EPOCHS fit
-  batch       the recipe's, but at most one 40th of the training images (at least 16): a short
+  batch       the recipe's, but at most one 40th of the training images (at least 16; fewer images: all): a short
               schedule needs steps, and 12,000 images at batch 2000 give 6 an epoch
   lr          rescaled to the batch from the recipe's: linear for SGD and Muon's head/biases
               (their lr is for a mean loss), sqrt for Adam/AdamW and for Muon's filters (not

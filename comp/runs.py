@@ -4,9 +4,11 @@ runs/<name>/fold<K>/
   config.json     the resolved training config (+ label hash, data fingerprints)
   history.csv     one row per epoch: loss, accuracy, F1, lr, seconds
   metrics.json    written last: its presence means the fold is complete
-  oof.npz         ids, logits (n, C) and true indices of the fold-K rows (TTA applied)
-  test.npz        ids, logits (m, C) for every row of folds/test.csv (TTA applied)
-  model.pt        best weights;  checkpoint.pt  the resumable state while training
+  oof.npz         ids, logits (n, C), true indices and fold of the fold-K rows (TTA applied), and up to
+                  50M floats every TTA view's logits (view_logits)
+  test.npz        ids, logits (m, C) for every row of folds/test.csv (TTA applied; view_logits as above)
+  model.pt        the kept weights (the last epoch's; the best epoch's with --patience)
+  checkpoint.pt   the resumable state while training;  lock  the trainer's claim;  tb/  TensorBoard events
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Check a submission the way Kaggle's parser does, then send it with the Kaggle API.
 
-`kaggle` is imported only inside `submit()`: importing it authenticates (and may call
+`kaggle` is imported only when `comp submit` or `comp download` calls the API (`_kaggle_api`): importing it authenticates (and may call
 the network), which neither `comp blend` nor a test should do.
 """
 from __future__ import annotations

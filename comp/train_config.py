@@ -68,7 +68,7 @@ class TrainConfig:
     schedule: str | None = None
     bias_lr_scale: float | None = None
     ema: bool | None = None
-    ema_decay: float | None = None  # lookahead: how much of the average each pull keeps (airbench: 0.95)
+    ema_decay: float | None = None  # lookahead's per-step decay: a pull every 5 steps keeps decay^5 (airbench: 0.95)
     aug: str | None = None
     tta: str | None = None
     patience: int | None = None

@@ -3,7 +3,7 @@
     python scripts/bench_tta.py --workdir WORK --run NAME [--shifts 1 2 4]
 
 Each complete fold's saved model predicts its held-out images once per view: plain, mirrored, and
-both of them shifted by -s and +s px on each axis for every s of --shifts (comp.augment.tta_views,
+both of them shifted by -s and +s px on each axis for every s of --shifts (comp.tta.tta_views,
 reflect padding). No retraining, so every row below comes from the same weights. Prints one result
 line: OOF accuracy and macro-F1 over all the run's held-out images without TTA, with flip, and
 with flip+shift at each shift (comp's flip+shift shifts 1 px).

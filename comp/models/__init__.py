@@ -23,11 +23,11 @@ accepted by ``create_model``/``model_info`` but not listed by ``list_models``.
 
 Recipe keys (training defaults the trainer understands; a model uses only these)
 --------------------------------------------------------------------------------
-epochs (float ok), batch_size, optimizer ("sgd" = Nesterov momentum | "adam" | "adamw"),
-lr, momentum, weight_decay, label_smoothing,
-schedule ("onecycle" | "cosine" | "plateau" | "constant" | "triangle"),
-bias_lr_scale (multiplies lr of 1-D params: biases and norm params), ema (bool, airbench
-lookahead EMA), aug (e.g. "flip,translate:2"), tta ("none" | "flip" | "flip+shift"),
+epochs (float ok), batch_size, optimizer ("sgd" = Nesterov momentum | "adam" | "adamw" | "muon"),
+lr, momentum, weight_decay, label_smoothing, grad_clip,
+schedule ("onecycle" | "cosine" | "plateau" | "constant" | "triangle" | "linear"),
+bias_lr_scale (multiplies lr of norm params; with Muon of every 1-D param), ema (bool, airbench
+lookahead EMA), ema_decay, muon_lr, muon_momentum (Muon's filters), aug (e.g. "flip,translate:2"), tta ("none" | "flip" | "flip+shift"),
 patience (early-stopping epochs). lr is always for a MEAN-reduced loss at ``batch_size``.
 
 Optional hooks the trainer calls when a model defines them

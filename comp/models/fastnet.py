@@ -1,7 +1,7 @@
 """fastnet: the airbench94 CIFAR-10 network (Keller Jordan, arXiv:2404.00498), fastnet_l
 (the wider airbench95 variant) and fastnet_xl (airbench96's: wider still, three convs a group).
 
-    whiten:  conv 2x2, no padding, 2*in_chans*4 channels (at most 96), bias; weight frozen and
+    whiten:  conv 2x2, no padding, 2 x min(in_chans*4, 24) channels (at most 48), bias; weight frozen and
              set from the data's 2x2 patch covariance (init_from_data) -> GELU
     groups:  ConvGroup(64), ConvGroup(256), ConvGroup(256)
              ConvGroup = conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU
