@@ -447,3 +447,26 @@ def test_fastnet_s2d_deep_loads_weights_of_a_run_at_its_old_widths(tmp_path):
     assert new.groups[0].depth == 3
     with torch.no_grad():
         torch.testing.assert_close(new(images), old(images))
+
+
+def test_timm_stems_with_parallel_paths_keep_their_downsampling(tmp_path):
+    """FastViT's stem has a strided branch beside the strided conv the adapter would change: adapted, the net
+    failed at its first forward; it now keeps timm's stem and runs. A plain stem is still adapted."""
+    out = create_model("timm/fastvit_t8", num_classes=5, img_size=32)(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 5)
+    assert create_model("timm/resnet18", num_classes=5, img_size=32).conv1.stride == (1, 1)
+    torch.save(create_model("timm/resnet18", num_classes=5, img_size=32).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(ValueError, match="hf-hub names read their config from the network; give the plain"):
+        create_model("timm/hf-hub:timm/resnet18.a1_in1k", num_classes=5, img_size=32, weights=tmp_path / "r18.pt")
+
+
+def test_timm_vit_weights_at_another_size_resample_their_position_embeddings(tmp_path):
+    """A ViT's weights saved at 224px load into the net built at 32px with pos_embed interpolated to its 2x2 grid
+    (timm's own pretrained loading does this), not dropped to train from random."""
+    import timm
+
+    big = timm.create_model("vit_tiny_patch16_224", num_classes=5)
+    torch.save(big.state_dict(), tmp_path / "vit.pt")
+    small = create_model("timm/vit_tiny_patch16_224", num_classes=5, img_size=32, weights=tmp_path / "vit.pt")
+    assert small.pos_embed.shape == (1, 5, 192)
+    torch.testing.assert_close(small.pos_embed[:, :1], big.pos_embed[:, :1])  # the class token's is kept as is

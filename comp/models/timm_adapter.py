@@ -57,6 +57,9 @@ def create_timm_model(name: str, num_classes: int = 10, in_chans: int = 3, img_s
     import timm
 
     check_timm_name(name)
+    if weights is not None and name.startswith("hf-hub:"):  # its config would be fetched from the Hub
+        raise ValueError(f"timm/{name} with --weights: hf-hub names read their config from the network; give the "
+                         f"plain timm name (e.g. timm/{name.split('/')[-1]}) with the same --weights file")
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights}")
     download = pretrained and weights is None
@@ -81,11 +84,31 @@ def create_timm_model(name: str, num_classes: int = 10, in_chans: int = 3, img_s
             f"machine with network, then pass --weights FILE ({type(e).__name__}: {e})") from e
 
     if adapt and img_size <= 64 and not sized:
-        for change in adapt_stem(model):
-            logger.info("timm/%s stem adapted for %dpx: %s", name, img_size, change)
+        changes = adapt_stem(model)
+        if changes and not _forward_works(model, in_chans, img_size):
+            # a stem with parallel branches (FastViT's MobileOne, DLA's projection) keeps a stride 2 in the
+            # branch not adapted: the net then fails at its first step, so it keeps timm's own stem instead
+            model, _ = build()
+            logger.warning("timm/%s: its stem has parallel paths that cannot lose their downsampling; kept as "
+                           "timm builds it (4x smaller maps at %dpx)", name, img_size)
+        else:
+            for change in changes:
+                logger.info("timm/%s stem adapted for %dpx: %s", name, img_size, change)
     if weights is not None:
         load_weights(model, weights)
     return model.float()
+
+
+def _forward_works(model: nn.Module, in_chans: int, img_size: int) -> bool:
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, img_size, img_size))
+        return True
+    except RuntimeError:  # mismatched maps where branches join
+        return False
+    finally:
+        model.train(training)
 
 
 def adapt_stem(model: nn.Module) -> list[str]:
@@ -132,6 +155,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def _resampled_pos_embed(model: nn.Module, saved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The saved position embeddings interpolated to the model's patch grid, as timm's pretrained loading does."""
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    new = resample_abs_pos_embed(saved, list(model.patch_embed.grid_size), num_prefix_tokens=prefix)
+    if new.shape != target.shape:
+        raise ValueError(f"pos_embed {tuple(saved.shape)} cannot be resampled to {tuple(target.shape)}")
+    return new
+
+
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Load a local state dict into model (strict=False); returns the key report."""
     from timm.models import adapt_input_conv
@@ -152,6 +186,9 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
             state[key] = adapt_input_conv(target.shape[1], tensor, base_chans=tensor.shape[1])
             logger.info("%s: adapted %s from %d to %d input channels",
                         path.name, key, tensor.shape[1], target.shape[1])
+        elif key == "pos_embed" and hasattr(model, "patch_embed"):  # a ViT built at another size: resample the grid
+            state[key] = _resampled_pos_embed(model, tensor, target)
+            logger.info("%s: resampled pos_embed %s -> %s", path.name, tuple(tensor.shape), tuple(target.shape))
         else:
             dropped.append(f"{key} {tuple(tensor.shape)} vs model {tuple(target.shape)}")
             del state[key]
