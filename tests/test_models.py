@@ -408,6 +408,22 @@ def test_fastnet_whitening_of_grayscale_stored_as_rgb_trains_in_bf16():
         optimizer.step()
 
 
+def test_fastnet_whitening_of_a_constant_colour_channel_keeps_gradients_small():
+    """A blue channel fixed at 37 normalises (std clamped at 1e-3) to a constant residue of about 1e-4, not 0:
+    its patch directions are null too, or they become constant channels whose gradients BatchNorm blows up."""
+    torch.manual_seed(0)
+    rgb = torch.rand(64, 3, 32, 32)
+    rgb[:, 2] = 37 / 255
+    mean, std = rgb.mean((0, 2, 3)), rgb.std((0, 2, 3)).clamp_min(1e-3)  # as comp.feed.Images normalises
+    images = (rgb - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    model = create_model("fastnet", img_size=32)
+    _prepare(model, images)
+    loss = F.cross_entropy(model(images[:16]), torch.arange(16) % NUM_CLASSES)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+    assert math.isfinite(loss.item()) and grad_norm < 100, grad_norm.item()
+
+
 def test_fastnet_loads_weights_of_a_run_whose_whitening_kept_48_directions(monkeypatch, tmp_path):
     """Runs trained before MAX_WHITEN_DIRECTIONS was 24 still predict the same; they refuse to resume."""
     from comp import checkpoint

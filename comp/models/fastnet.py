@@ -53,6 +53,10 @@ NULL_DIRECTION_RTOL = torch.finfo(torch.float32).eps
 # points on fold 0, and +1.7 (reruns: +0.2, +0.5), +0.3, +0.5 on folds 0-2 with the planner's cosine decay
 # (BENCHMARKS.md, issue 9). 32px RGB images have 12 directions: all kept.
 MAX_WHITEN_DIRECTIONS = 24
+# A direction of less variance than this is not in the data either: a constant channel normalises to a
+# residue of about 1e-4 (its std is clamped at 1e-3), not to 0. Real images' smallest are 20-40x above it
+# (CIFAR-10's 2x2 patches: 1.2e-4; tiny100's 4x4 at stride 2: 1.8e-4).
+NULL_VARIANCE = WHITEN_EPS / 100
 # Default widths that changed, now -> before: the earlier runs still load (_rebuild_groups_at_saved_widths).
 EARLIER_DEFAULT_WIDTHS = {(64, 192, 384): (64, 192, 192)}  # fastnet_s2d_deep before a88d544
 
@@ -118,10 +122,12 @@ def _reuse_data_directions(scaled: torch.Tensor, eigenvalues: torch.Tensor) -> t
     dirac-initialised convs carry such a channel unchanged through every BatchNorm, each of which
     (eps 1e-12) multiplies its gradient by 1e6: a 1e30 gradient at the first step, then NaN.
     Repeating the data's own whitened directions in those slots keeps every channel real data
-    at unit variance. Full-rank covariances (any real RGB data) are returned unchanged.
+    at unit variance. So are directions below NULL_VARIANCE (a constant colour channel). Full-rank
+    covariances (any real RGB data) are returned unchanged.
     """
     dim = len(eigenvalues)
-    rank = int((eigenvalues > eigenvalues[0] * (dim * NULL_DIRECTION_RTOL) ** 2).sum())
+    real = (eigenvalues > eigenvalues[0] * (dim * NULL_DIRECTION_RTOL) ** 2) & (eigenvalues > NULL_VARIANCE)
+    rank = int(real.sum())
     if rank in (0, dim):  # full rank, or no data at all (constant images): nothing to reuse
         return scaled
     return scaled[torch.arange(dim, device=scaled.device) % rank]  # rows 0..rank-1, then again
