@@ -59,10 +59,11 @@ def infer(opts: InferOptions) -> Path:
     write_csv(out, submission)
     if opts.logits:
         write_npz(opts.logits, ids=predictions.id.to_numpy().astype(str), logits=bundle.logits,
+                  runs=np.asarray(bundle.run_names, dtype=str),
                   probs=predictions[list(bundle.classes)].to_numpy(), classes=np.asarray(bundle.classes, dtype=str),
                   bad=np.asarray(bundle.bad, dtype=str))
-        print(f"wrote {opts.logits}: ids, logits (runs x images x classes, before the blend), probs, classes "
-              f"(the class of each column)")
+        print(f"wrote {opts.logits}: ids, logits (runs x images x classes, before the blend), runs (the run of each "
+              f"slice), probs, classes (the class of each column)")
     print(f"wrote {out} ({len(submission)} rows, columns {list(submission.columns)})")
     return out
 
@@ -83,7 +84,7 @@ class Bundle:
         self.prior = np.asarray(spec["blend"]["prior"], dtype=float)
         self.runs = [[(self._model(run, fold), fold) for fold in run["folds"]] for run in spec["runs"]]
         self.bad: list[str] = []  # ids given the prior class by the last predict(skip_bad=True)
-        self.logits: np.ndarray | None = None  # (R, N, C) of the last predict(keep_logits=True)
+        self.logits: np.ndarray | None = None  # (R, N, C) of the last predict(keep_logits=True), R: run_names
 
     def _model(self, run: dict, fold: dict):
         if run["label_hash"] != self.label_map.hash:
@@ -112,7 +113,9 @@ class Bundle:
             if ids is not None:
                 table = order_by_ids(table, ids, self.spec["submission"]["id_col"], images)
             self._report_unseen(table.path.tolist())
-            probs, self.logits, bad = self._predict_paths(table.path.tolist(), batch_size, skip_bad, keep_logits)
+            probs, logits, bad = self._predict_paths(table.path.tolist(), batch_size, skip_bad, keep_logits)
+            # the bundled runs' slices only: the blend's runs it gives no weight are not in the bundle
+            self.logits = None if logits is None else logits[[run["blend_index"] for run in self.spec["runs"]]]
         self.bad = [table.id.iloc[i] for i in bad]
         if bad:
             label = self.label_map.format(self.classes[int(self.prior.argmax())])
@@ -121,10 +124,14 @@ class Bundle:
         frame = pd.DataFrame({"id": table.id.to_numpy(), "label": self.label_map.decode(probs.argmax(1))})
         return pd.concat([frame, pd.DataFrame(probs, columns=list(self.classes))], axis=1)
 
+    @property
+    def run_names(self) -> list[str]:
+        return [run["name"] for run in self.spec["runs"]]
+
     def run_logits(self, images, ids=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, logits (R, N, C)): each run's TTA logits averaged over its folds, before the blend; the
-        counterpart of the test logits `comp blend` reads from runs/ (an undecodable image is an error).
-        R counts every run the blend was fit on; runs it gives no weight are not bundled and stay 0."""
+        """(ids, logits (R, N, C)): each bundled run's TTA logits averaged over its folds, before the blend, in
+        the order of run_names; the counterpart of the test logits `comp blend` reads from runs/ (an
+        undecodable image is an error). Runs the blend gives no weight are not bundled, so not here."""
         predictions = self.predict(images, ids, batch_size=batch_size, keep_logits=True)
         return predictions.id.to_numpy(), self.logits
 

@@ -69,8 +69,9 @@ def test_infer_writes_blends_labels_with_the_workdir_deleted(trained, tmp_path, 
     predictions = loaded.predict(test_images, ids=tmp_path / "sample.csv")
     ids, logits = loaded.run_logits(test_images, ids=tmp_path / "sample.csv")
     assert list(ids) == list(expected.id)
-    used = [i for i in range(len(fitted.aligned.runs)) if i in fitted.blender.keep]
-    np.testing.assert_allclose(logits[used], fitted.aligned.test_logits[used], atol=5e-2)  # bf16 on both sides
+    used = [i for i in range(len(fitted.aligned.runs)) if i in fitted.blender.keep]  # the runs the bundle holds
+    assert loaded.run_names == [fitted.aligned.runs[i].name for i in used]
+    np.testing.assert_allclose(logits, fitted.aligned.test_logits[used], atol=5e-2)  # bf16 on both sides
     assert list(predictions.columns) == ["id", "label", *COLUMNS]
     np.testing.assert_allclose(predictions[COLUMNS].to_numpy(), expected_probs, atol=2e-2)
     # without --ids the rows are the images in natural id order: 1, 2, ..., 10
@@ -78,7 +79,8 @@ def test_infer_writes_blends_labels_with_the_workdir_deleted(trained, tmp_path, 
     plain = pd.read_csv(tmp_path / "plain.csv", dtype=str)
     assert list(plain.id) == [str(i) for i in range(1, 11)] and list(plain.label) == list(expected.label)
     saved = np.load(tmp_path / "l.npz")
-    np.testing.assert_allclose(saved["logits"][used], logits[used][:, np.argsort(ids.astype(int))], atol=1e-6)
+    np.testing.assert_allclose(saved["logits"], logits[:, np.argsort(ids.astype(int))], atol=1e-6)
+    assert list(saved["runs"]) == loaded.run_names  # one slice a bundled run, named
 
 
 def test_half_bundle_zip_and_images_zip(trained, tmp_path, monkeypatch):
