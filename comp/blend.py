@@ -160,6 +160,8 @@ def fit_blend(opts: BlendOptions) -> FittedBlend:
 
 
 def blend(opts: BlendOptions) -> Path:
+    if opts.name is not None:
+        plain_name(opts.name, "--name")  # before the work, not after it
     fitted = fit_blend(opts)
     workdir, label_map, result = fitted.workdir, fitted.label_map, fitted.result
     test_scores = fitted.blender.predict(fitted.aligned.test_logits)

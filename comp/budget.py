@@ -218,13 +218,45 @@ def with_budget_arch(cfg, prepared, device):
     shape = data_shape(prepared, folds[0])
     started = started_budget_run(cfg, shape, folds)  # --resume alone also finds the budgeted run it continues
     if started:
-        return replace(cfg, arch=started["arch"], model_kwargs=started["model_kwargs"], arch_reason="the resumed run's")
+        why = "the resumed run's" if cfg.resume else "the run's, chosen when its --fold all --budget started"
+        cfg = replace(cfg, arch=started["arch"], model_kwargs=started["model_kwargs"], arch_reason=why)
+        return cfg if cfg.budget else _with_started_share(cfg, started, folds)
     if not cfg.budget:
         return cfg
     budget = cfg.budget / len(folds)
     batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
     arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
     return replace(cfg, arch=arch, model_kwargs=kwargs, arch_reason=why)
+
+
+def keep_planned_budget(cfg, saved: dict, total_steps: int, say=print):
+    """A resumed run keeps the plan its budget made (its steps are in the checkpoint), and so that budget: a
+    different --budget is named as unused, not shown as the run's."""
+    from dataclasses import replace
+
+    from .recipe import format_seconds
+
+    budget = saved.get("budget")
+    if not budget:
+        return cfg
+    if cfg.budget != budget:
+        say(f"the run keeps the plan its budget of {format_seconds(budget)} made ({total_steps} steps)"
+            + (f"; --budget {format_seconds(cfg.budget)} is not used" if cfg.budget else ""))
+    return replace(cfg, budget=budget, budget_started=cfg.budget_started or time.monotonic())
+
+
+def _with_started_share(cfg, started: dict, folds):
+    """--resume without --budget: the folds still to train get the share the run's folds had, so none trains
+    the recipe's full length beside budgeted ones (the interrupted fold keeps its own plan)."""
+    from dataclasses import replace
+
+    from .recipe import format_seconds
+    from .runs import fold_dir, is_complete
+
+    left = sum(not is_complete(fold_dir(cfg.workdir, started["name"], k)) for k in folds)
+    print(f"--resume without --budget: the folds still to train get {format_seconds(started['budget'])} each, "
+          f"as this run's folds had")
+    return replace(cfg, budget=started["budget"] * max(1, left), budget_started=time.monotonic())
 
 
 def started_budget_run(cfg, shape, folds) -> dict | None:
@@ -250,7 +282,8 @@ def started_budget_run(cfg, shape, folds) -> dict | None:
             picked = ((out / "checkpoint.pt").exists() and not complete) if unfinished else complete and not all(done)
             if picked and (out / "config.json").exists():
                 config = read_json(out / "config.json")
-                if config.get("budget") and config.get("arch_reason"):  # a net the budget chose, not --arch
+                # a net the budget chose (not --arch), and without --resume one a --fold all budget began
+                if config.get("budget") and config.get("arch_reason") and (unfinished or config.get("budget_all")):
                     return config
         return None
 

@@ -36,7 +36,7 @@ from .distributed import (DistContext, StepModel, all_reduce_sum, broadcast_obje
                           local_batch_size, run_on_main, shard)
 from .distributed import pick_device  # noqa: F401  (comp.predict and scripts import it from here)
 from .ensemble import score_probs, softmax
-from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, with_budget_arch
+from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, keep_planned_budget, with_budget_arch
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
@@ -75,6 +75,7 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     if cfg.fold != -1:
         return [train_fold(cfg, prepared)]
     cfg = with_budget_arch(cfg, prepared, ctx.device)  # one net for all folds
+    cfg = replace(cfg, budget_all=cfg.budget_all or cfg.budget)
     name = cfg.name or (cfg.arch or plan(data_shape(prepared, 0), {}).values["arch"]).replace("/", "_")
     todo, split = [], split_fingerprint(prepared.folds)
     for k in range(n_folds):
@@ -209,10 +210,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         state, best_weights = load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, out / "checkpoint.pt")
         state.setdefault("total_steps", config["total_steps"])  # checkpoints from before --budget
         state.setdefault("planned", True)  # a resumed run keeps its plan (one killed before it: plans now)
-        if state["planned"] and ckpt["config"].get("budget") and cfg.budget != ckpt["config"]["budget"]:
-            ctx.print(f"the run keeps the plan its budget of {format_seconds(ckpt['config']['budget'])} made "
-                      f"({state['total_steps']} steps)" + (f"; --budget {format_seconds(cfg.budget)} is not used"
-                                                           if cfg.budget else ""))
+        if state["planned"]:
+            cfg = keep_planned_budget(cfg, ckpt["config"], state["total_steps"], ctx.print)
         config.update({k: ckpt["config"][k] for k in ("epochs", "tta", "total_steps", "budget") if k in ckpt["config"]})
         cfg = replace(cfg, epochs=config["epochs"], tta=config["tta"])
         if ctx.enabled:  # per-rank random streams are not checkpointed

@@ -55,6 +55,7 @@ class TrainConfig:
     tune_trial: bool = False  # a comp tune trial: only the held-out fold is predicted, no model.pt kept
     budget: float | None = None  # seconds for this fold (or, before train() splits it, for all folds)
     budget_started: float | None = None  # time.monotonic() when the budget began (None: at train())
+    budget_all: float | None = None  # --fold all --budget: the whole budget (a later --fold all continues only such runs)
     plan: dict = field(default_factory=dict)  # resolved: each recipe value's reason
     arch_reason: str | None = None  # why arch was chosen, when the budget chose it (with_budget_arch)
     # recipe: None means "the planner's value" (comp/recipe.py)

@@ -21,6 +21,7 @@ history.png and importance.png. SIGTERM stops a worker as Ctrl-C does.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -327,8 +328,8 @@ def tuned_fields(workdir, arch: str, params: str = "best", study: str | None = N
 
 def read_best(path: Path) -> dict:
     """A best.json of `comp tune`, its schema checked."""
-    try:
-        best = read_json(path)
+    try:  # not read_json: its advice on damaged files is for comp's own
+        best = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CompError(f"--params {path}: cannot read it as JSON ({exc}); expected a best.json that "
                         f"`comp tune` writes in tune/<study>/") from None

@@ -242,7 +242,7 @@ def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch, ca
     config = json.loads((run / "fold0" / "config.json").read_text())
     assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
     assert metrics["steps"] == config["total_steps"] == started["total_steps"] and config["budget"] == 10.0
-    assert "the run keeps the plan its budget of 10s made" in capsys.readouterr().out
+    assert "--resume without --budget: the folds still to train get 10s each" in capsys.readouterr().out
 
 
 def test_a_budget_that_cannot_fit_one_epoch_is_an_error(tmp_path, workdir, monkeypatch):
@@ -308,6 +308,43 @@ def test_a_hand_set_budget_run_is_not_the_ladders(tmp_path, workdir, monkeypatch
     assert "fold 0: already complete in" in out and "trained with tta='none' (asked 'flip'), skipping (--force" in out
 
 
+def test_fold_all_budget_plans_afresh_beside_a_single_fold_budget_run(tmp_path, workdir, monkeypatch):
+    """`--fold 0 --budget 10s` chose a net for 10 s; a later `--fold all --budget 20s` (10 s a fold here, but
+    nothing says so in general) times its own choice rather than adopting that run as if resuming it."""
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
+    cfg = dict(arch=None, workdir=str(workdir), tta="none", val_every=1)
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "one fold's net"))
+    train(TrainConfig(**cfg, fold=0, budget=10.0))
+    assert is_complete(workdir / "runs" / "fastnet_l" / "fold0")
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the shares' net"))
+    assert show_plan(TrainConfig(**cfg, fold=-1, budget=40.0)).arch == "fastnet"
+
+
+def test_resume_without_budget_gives_the_folds_not_started_the_runs_share(tmp_path, workdir, monkeypatch, capsys):
+    prepared_workdir(tmp_path, workdir, per_class=12, size=16)
+    monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
+    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the shares' net"))
+    cfg = dict(arch=None, workdir=str(workdir), tta="none", val_every=1, batch_size=4)
+
+    def stop_in_epoch_3(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # fold 0 of a `--fold all --budget 20s`, stopped
+        train_fold(TrainConfig(**cfg, fold=0, budget=10.0, budget_all=20.0), load_prepared(workdir),
+                   on_epoch=stop_in_epoch_3)
+    train(TrainConfig(**cfg, fold=-1, resume=True))  # no --budget
+    assert "--resume without --budget: the folds still to train get 10s each" in capsys.readouterr().out
+    fold1 = json.loads((workdir / "runs" / "fastnet" / "fold1" / "config.json").read_text())
+    assert fold1["budget"] and fold1["plan"]["epochs"].startswith("fitted to --budget")  # not the recipe's length
+    with pytest.raises(KeyboardInterrupt):  # a different --budget on resume: the plan and its budget stay
+        train_fold(TrainConfig(**cfg, fold=0, budget=10.0, force=True), load_prepared(workdir), on_epoch=stop_in_epoch_3)
+    train(TrainConfig(**cfg, fold=0, budget=30.0, resume=True))
+    assert "the run keeps the plan its budget of 10s made" in capsys.readouterr().out
+    assert json.loads((workdir / "runs" / "fastnet" / "fold0" / "config.json").read_text())["budget"] == 10.0
+
+
 def test_one_prediction_pass_keeps_every_view(tmp_path, workdir):
     prepared_workdir(tmp_path, workdir, per_class=12, size=32)
     [metrics] = train(TrainConfig(arch="fastnet", fold=0, workdir=str(workdir), epochs=2))
@@ -338,7 +375,7 @@ def test_fold_all_again_after_the_budget_ran_out_keeps_the_started_run(tmp_path,
     prepared_workdir(tmp_path, workdir, per_class=12, size=16)
     monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
     cfg = dict(arch=None, fold=0, workdir=str(workdir), budget=10.0, tta="none")
-    [first] = train(TrainConfig(**cfg))
+    [first] = train(TrainConfig(**cfg, budget_all=20.0))  # fold 0 of a `--fold all --budget 20s` that ran out
     [run] = (workdir / "runs").iterdir()
     started = json.loads((run / "fold0" / "config.json").read_text())
     monkeypatch.setattr("comp.budget.ladder_arch",
@@ -348,6 +385,7 @@ def test_fold_all_again_after_the_budget_ran_out_keeps_the_started_run(tmp_path,
     assert [p.name for p in (workdir / "runs").iterdir()] == [run.name]
     for k in range(1, load_prepared(workdir).n_folds):
         config = json.loads((run / f"fold{k}" / "config.json").read_text())
-        assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
+        assert config["arch"] == started["arch"]
+        assert config["plan"]["arch"] == "the run's, chosen when its --fold all --budget started"
     train(TrainConfig(**{**cfg, "fold": -1, "budget": 20.0}))  # every fold complete: the ladder chooses again
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == sorted([run.name, "custom_cnn"])
