@@ -210,6 +210,8 @@ class Objective:
             (out / "checkpoint.pt").unlink(missing_ok=True)
             if isinstance(exc, Exception) and not isinstance(exc, optuna.TrialPruned):
                 trial.set_user_attr("error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            if isinstance(exc, KeyboardInterrupt):  # optuna records it as FAIL: the table says STOPPED
+                trial.set_user_attr("interrupted", True)
             raise
         return metrics["accuracy"]  # of the weights training keeps, with the trial's TTA
 
@@ -237,14 +239,19 @@ def print_table(study) -> None:
         if t.state == TrialState.PRUNED and t.intermediate_values:
             value = f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
         params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())  # the searched ones; fixed: above
-        rows.append(f"{t.number:>5}  {t.state.name:<9} {value:>8}  {t.user_attrs.get('epochs_run', ''):>6}  "
+        rows.append(f"{t.number:>5}  {_state(t):<9} {value:>8}  {t.user_attrs.get('epochs_run', ''):>6}  "
                     f"{'' if best == -math.inf else f'{best:.4f}':>9}  {params}")
-    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    counts = {state: sum(_state(t) == state for t in trials) for state in dict.fromkeys(map(_state, trials))}
     print(f"\nstudy {study.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     print(f"{'trial':>5}  {'state':<9} {'value':>8}  {'epochs':>6}  {'best':>9}  params")
     if len(rows) > TABLE_ROWS:
         print(f"  ... {len(rows) - TABLE_ROWS} earlier trial(s)")
     print("\n".join(rows[-TABLE_ROWS:]), flush=True)
+
+
+def _state(trial) -> str:
+    """optuna's state name, but STOPPED for a trial Ctrl-C or SIGTERM ended (optuna records it as FAIL)."""
+    return "STOPPED" if trial.user_attrs.get("interrupted") else trial.state.name
 
 
 def _short(value) -> str:

@@ -398,3 +398,20 @@ def test_grid_messages_name_what_grid_can_do(prepared, monkeypatch, capsys):
     assert main(["grid", "--archs", "simple_cnn", "--folds", "1"]) == 130
     err = capsys.readouterr().err
     assert "the same `comp grid` again" in err and "--resume" not in err
+
+
+def test_an_interrupted_trial_is_listed_as_stopped_not_failed(capsys):
+    import optuna
+
+    from comp.tune import print_table
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize", study_name="s")
+    for interrupted in (True, False):
+        trial = study.ask()
+        if interrupted:
+            trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    print_table(study)
+    out = capsys.readouterr().out
+    assert "study s: 1 stopped, 1 fail" in out and "    0  STOPPED" in out and "    1  FAIL" in out
