@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import ensemble
-from .folds import folds_dir, prepared_dir, sample_submission_path, split_fingerprint
+from .folds import current_split, prepared_dir, sample_submission_path
 from .io import CompError, plain_name, read_json, write_csv, write_json
 from .labels import LabelMap
 from .runs import Run, check_trained_on, find_runs, run_label_use
@@ -160,13 +160,13 @@ def fit_blend(opts: BlendOptions) -> FittedBlend:
 
 
 def blend(opts: BlendOptions) -> Path:
-    if opts.name is not None:
-        plain_name(opts.name, "--name")  # before the work, not after it
+    # the name is checked before the work, not after it
+    given = None if opts.name is None else plain_name(opts.name, "--name").removesuffix(".csv")
     fitted = fit_blend(opts)
     workdir, label_map, result = fitted.workdir, fitted.label_map, fitted.result
     test_scores = fitted.blender.predict(fitted.aligned.test_logits)
     used = fitted.blender.keep if fitted.blender.weights is None else np.flatnonzero(fitted.blender.weights)
-    name = plain_name(opts.name, "--name").removesuffix(".csv") if opts.name else default_name(opts, len(used))
+    name = given or default_name(opts, len(used))
     sample_path = sample_submission_path(workdir)
     submission = make_submission(fitted.test_ids, test_scores.argmax(1), label_map, sample_path, fitted.layout)
     out = workdir / "submissions" / f"{name}.csv"
@@ -185,11 +185,6 @@ def default_name(opts: BlendOptions, n_kept: int) -> str:
     """soft_3runs, select_5runs_top40%_T: the method, the runs it kept, and what else chose them."""
     top = f"_top{opts.top}" if opts.top is not None else ""
     return f"{opts.method}_{n_kept}runs{top}" + ("_T" if opts.temperature else "")
-
-
-def current_split(workdir) -> str:
-    folds = pd.read_csv(folds_dir(workdir) / "folds.csv", dtype=str, keep_default_na=False)
-    return split_fingerprint(folds)
 
 
 def make_submission(test_ids, indices, label_map: LabelMap, sample_path: Path, layout: dict) -> pd.DataFrame:

@@ -30,6 +30,16 @@ TTA_SHARE = 0.20  # TTA views may take at most this share of the budget: +1 poin
 PREDICT_OVERHEAD = 1.15  # eval batches and view making cost a little more than the timed forward
 
 
+def margin(seconds: float) -> float:
+    """Of a budget, what is kept for what is not measured: SAFETY of it, at least SAFETY_FLOOR up to a tenth."""
+    return max(SAFETY * seconds, min(SAFETY_FLOOR, seconds / 10))
+
+
+def budget_for(seconds: float) -> float:
+    """The smallest budget that leaves `seconds` after its margin (margin's inverse)."""
+    return max(seconds / (1 - SAFETY), min(seconds / 0.9, seconds + SAFETY_FLOOR))
+
+
 def fold_budgets(total: float, started: float, folds_left: int, now: float | None = None) -> float:
     """The next fold's share of what is left of a budget for several folds."""
     now = time.monotonic() if now is None else now
@@ -39,7 +49,7 @@ def fold_budgets(total: float, started: float, folds_left: int, now: float | Non
 class FoldClock:
     def __init__(self, seconds: float, started: float):
         self.seconds, self.started = float(seconds), float(started)
-        self.deadline = self.started + self.seconds - max(SAFETY * self.seconds, min(SAFETY_FLOOR, self.seconds / 10))
+        self.deadline = self.started + self.seconds - margin(self.seconds)
 
     def left(self, now: float | None = None) -> float:
         return self.deadline - (time.monotonic() if now is None else now)
@@ -110,7 +120,7 @@ class BudgetedRun:
         from .recipe import format_seconds
 
         epoch, predict = per_step * self.steps_per_epoch, self.predict_seconds()
-        need = (now - self.clock.started + epoch + predict) / (1 - SAFETY)
+        need = budget_for(now - self.clock.started + epoch + predict)
         raise CompError(f"a budget of {format_seconds(self.clock.seconds)} for this fold cannot fit one epoch: an epoch "
                         f"takes about {epoch:.0f} s here and predicting the fold {predict:.0f} s; give each fold at "
                         f"least {format_seconds(need)}, or train a number of --epochs instead")

@@ -195,8 +195,9 @@ def read_input_csv(path: Path, **kwargs) -> pd.DataFrame:
         return pd.read_csv(path, **kwargs)
     except pd.errors.EmptyDataError:
         raise CompError(f"{path}: the file is empty; it needs a header row (e.g. id,label) and its rows") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CompError(f"{path}: cannot be read as a CSV ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+    except ValueError as exc:  # pandas' ParserError, UnicodeDecodeError, a compression it cannot open
+        first = (str(exc).splitlines() or [""])[0]
+        raise CompError(f"{path}: cannot be read as a CSV ({type(exc).__name__}: {first}); "
                         f"save it as UTF-8 comma-separated text with one header row") from None
 
 

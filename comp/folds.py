@@ -94,6 +94,11 @@ def split_fingerprint(folds: pd.DataFrame) -> str:
     return ids_fingerprint(folds.id.astype(str) + ":" + folds.fold.astype(str))
 
 
+def current_split(workdir) -> str:
+    """The split folds/folds.csv holds now: runs, studies and tuned params are checked against it."""
+    return split_fingerprint(pd.read_csv(folds_dir(workdir) / "folds.csv", dtype=str, keep_default_na=False))
+
+
 def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> dict:
     started = time.time()
     if opts.folds < 2:

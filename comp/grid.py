@@ -88,7 +88,11 @@ def run_one(arch: str, fold: int, workdir, prepared, train_kwargs: dict) -> dict
     path = fold_dir(workdir, name, fold)
     row = dict(arch=arch, fold=fold, path=str(path), accuracy=None, seconds=None)
     if is_complete(path):
-        differ = recipe_differs(path, {k: v for k, v in train_kwargs.items() if k != "arch"})
+        try:
+            trained = read_json(path / "config.json")
+        except (OSError, ValueError):  # a damaged config: the status names no difference
+            trained = {}
+        differ = recipe_differs(trained, {k: v for k, v in train_kwargs.items() if k != "arch"})
         status = "skipped: complete" + (f", trained with {differ}; --force in comp train to redo it" if differ else "")
         return {**row, "status": status, "accuracy": _accuracy(path)}
     unfinished = (path / "checkpoint.pt").exists()  # resumed below, if its recipe is the one asked

@@ -202,11 +202,17 @@ def _show(value) -> str:
     return str(value)
 
 
+def s2d_fold(img_size: int) -> int:
+    """The pixel fold of the s2d nets for this size: 2 at 64px, 4 at 128px, 8 at 256px, so the first group runs
+    at 32-63px; 1 (no fold) below 64px. The planner's and the s2d factories' default."""
+    return 2 ** max(0, int(math.log2(max(img_size, 1) / REFERENCE_SIZE)))
+
+
 def default_arch(shape: DataShape) -> tuple[str, dict, str]:
     """(arch, model_kwargs, reason) for data of this shape."""
     if shape.image_size <= 48:
         return "fastnet", {}, f"airbench94's net for {shape.image_size}px images"
-    fold = 2 ** int(math.log2(shape.image_size / REFERENCE_SIZE))
+    fold = s2d_fold(shape.image_size)
     return ("fastnet_s2d_deep", {"space_to_depth": fold},
             f"{shape.image_size}px: {fold}x{fold} pixel blocks folded into channels, so it runs at "
             f"{shape.image_size // fold}px resolution; groups of three convs")

@@ -22,8 +22,8 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
 from . import ensemble, plots
-from .blend import METHODS, Aligned, align, check_runs, current_split, run_scores, score_blend
-from .folds import folds_dir, ids_fingerprint, prepared_dir
+from .blend import METHODS, Aligned, align, check_runs, run_scores, score_blend
+from .folds import current_split, folds_dir, ids_fingerprint, prepared_dir
 from .io import CompError, write_csv, write_text
 from .labels import LabelMap
 from .runs import Run, find_runs, run_label_use, runs_root

@@ -37,11 +37,11 @@ def is_complete(path: Path) -> bool:
     return (path / "metrics.json").exists() and (path / "oof.npz").exists() and (path / "test.npz").exists()
 
 
-def check_adoptable(path: Path, split: str, budget_chose_net: bool) -> None:
-    """`--fold all` skips a complete fold only where it belongs to the run it trains: one on this fold split
-    (prepare again with another --seed gives every row another fold), and, where the budget chose the net,
-    one that did not set the net by --arch under the same name (its recipe may be anything)."""
-    config = read_json(path / "config.json")
+def check_adoptable(config: dict, path: Path, split: str, budget_chose_net: bool) -> None:
+    """`--fold all` skips a complete fold (config: its config.json, at path) only where it belongs to the run it
+    trains: one on this fold split (prepare again with another --seed gives every row another fold), and, where
+    the budget chose the net, one that did not set the net by --arch under the same name (its recipe may be
+    anything)."""
     if config.get("folds_fingerprint", split) != split:
         raise CompError(f"{path} was trained on another fold split (comp prepare ran again with another --seed or "
                         f"--folds): --force retrains the run's folds, or --name NAME trains a new run")
@@ -50,16 +50,12 @@ def check_adoptable(path: Path, split: str, budget_chose_net: bool) -> None:
                         f"net too: pass --name NAME to train the planned run apart, or --force to train that fold again")
 
 
-def recipe_differs(path: Path, asked: dict) -> str:
-    """'lr=0.5 (asked 0.8), ...' for each recipe value asked for (not None) that the fold's saved
-    config.json holds otherwise; '' when they agree or nothing is saved. Only the recipe counts:
-    device "auto" resolves to "cpu" and is no difference."""
+def recipe_differs(trained: dict, asked: dict) -> str:
+    """'lr=0.5 (asked 0.8), ...' for each recipe value asked for (not None) that a fold's saved config
+    (`trained`) holds otherwise; '' when they agree. Only the recipe counts: device "auto" resolves to
+    "cpu" and is no difference."""
     from .recipe import RECIPE_FIELDS
 
-    try:
-        trained = read_json(path / "config.json")
-    except (OSError, ValueError):
-        return ""
     return ", ".join(f"{k}={trained.get(k)!r} (asked {v!r})" for k, v in asked.items()
                      if k in RECIPE_FIELDS + ("arch",) and v is not None and k in trained and trained[k] != v)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .data import read_input_csv
 from .folds import prepared_dir, sample_submission_path
 from .io import CompError, read_json
 from .labels import LabelMap
@@ -66,13 +67,7 @@ def _read(path) -> pd.DataFrame:
         if len(names) != 1:
             raise CompError(f"{path}: a zip with {len(names)} files ({', '.join(names[:3])}"
                             f"{' ...' if len(names) > 3 else ''}); Kaggle takes a zip of exactly one CSV")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise CompError(f"{path}: the file is empty; write it with `comp blend`") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        message = " ".join(str(exc).split())[:200]
-        raise CompError(f"{path}: not a readable CSV ({message})") from None
+    return read_input_csv(path, dtype=str, keep_default_na=False)
 
 
 def kaggle_command(csv_path: Path, blend_result: dict | None = None, competition: str = "<competition>") -> str:

@@ -40,7 +40,7 @@ from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, kee
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
-from .io import CompError, save_torch, write_csv, write_json, write_npz
+from .io import CompError, read_json, save_torch, write_csv, write_json, write_npz
 from .models import create_model, without_weight_kwargs
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .recipe import RECIPE_FIELDS, format_seconds, plan
@@ -81,8 +81,9 @@ def _train_folds(cfg: TrainConfig, ctx: DistContext) -> list[dict]:
     for k in range(n_folds):
         path = fold_dir(cfg.workdir, name, k)
         if run_on_main(is_complete, path) and not cfg.force:
-            run_on_main(check_adoptable, path, split, bool(cfg.arch_reason))
-            differ = recipe_differs(path, {key: getattr(cfg, key) for key in RECIPE_FIELDS + ("arch",)})
+            trained = run_on_main(read_json, path / "config.json")
+            run_on_main(check_adoptable, trained, path, split, bool(cfg.arch_reason))
+            differ = recipe_differs(trained, {key: getattr(cfg, key) for key in RECIPE_FIELDS + ("arch",)})
             ctx.print(f"fold {k}: already complete in {path}" + (f", trained with {differ}" if differ else "")
                       + ", skipping (--force to redo)")
         else:

@@ -350,14 +350,11 @@ def check_tuned_data(path: Path, best: dict, workdir) -> None:
     """Tuned params fit the data they were tuned on: the same fold split (else the tuned fold's rows, whose
     labels chose them, are spread over other folds' OOF rows) and image size (translate/cutout are px).
     A best.json from before these were recorded, or a workdir not prepared yet (training says so), passes."""
-    import pandas as pd
-
-    from .folds import folds_dir, split_fingerprint
+    from .folds import current_split, folds_dir
 
     where = folds_dir(workdir)
     if best.get("folds_fingerprint") and (where / "folds.csv").exists():
-        folds = pd.read_csv(where / "folds.csv", dtype={"id": str, "label": str, "path": str}, keep_default_na=False)
-        if split_fingerprint(folds) != best["folds_fingerprint"]:
+        if current_split(workdir) != best["folds_fingerprint"]:
             raise CompError(f"{path}: study {best.get('study')} was tuned on another fold split than "
                             f"folds/folds.csv (prepared again with another --seed or --folds?), so fold "
                             f"{best.get('fold')}'s labels chose these params for rows now in other folds; tune "

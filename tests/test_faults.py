@@ -243,7 +243,7 @@ def test_unlisted_test_images_spaced_class_names_and_conflicting_duplicates(tmp_
 def test_another_seed_says_how_many_runs_it_invalidates(tmp_path, workdir, capsys):
     make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
     _prepare(tmp_path / "data", workdir)
-    from comp.blend import current_split
+    from comp.folds import current_split
 
     for fold in range(2):
         run = fold_dir(workdir, "old", fold)
@@ -305,7 +305,7 @@ def test_duplicates_stay_in_one_fold_and_other_splits_are_unchanged():
 def test_fold_all_does_not_adopt_folds_of_another_split_and_damaged_json_is_named(tmp_path, workdir, capsys):
     make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
     _prepare(tmp_path / "data", workdir)
-    from comp.blend import current_split
+    from comp.folds import current_split
 
     old = current_split(workdir)
     for fold in range(2):  # complete folds of the first split

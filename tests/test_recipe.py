@@ -12,7 +12,7 @@ from test_train import prepared_workdir
 
 import torch
 
-from comp.budget import TTA_SHARE, FoldClock, fold_budgets, ladder_arch
+from comp.budget import TTA_SHARE, FoldClock, budget_for, fold_budgets, ladder_arch, margin
 from comp.cli import main
 from comp.folds import load_prepared
 from comp.io import CompError
@@ -101,6 +101,8 @@ def test_budget_arithmetic():
     clock = FoldClock(100.0, started=0.0)  # the deadline keeps a margin: 5 s here (SAFETY_FLOOR), 95 s
     assert clock.fit_steps(step=4, seconds_per_step=1.0, predict_seconds=10.0, now=7.0) == 4 + 78
     assert FoldClock(1000.0, 0.0).deadline == 970.0 and FoldClock(20.0, 0.0).deadline == 18.0  # 3%, a tenth
+    for left in (10.0, 100.0, 300.0):  # the budget a "too small" error asks for leaves just what was needed
+        assert budget_for(left) - margin(budget_for(left)) == pytest.approx(left)
     assert clock.fit_steps(step=50, seconds_per_step=1.0, predict_seconds=10.0, now=95.0) == 50  # overrun: stop
     # at 1 ms an image and view (x1.15 overhead) a fifth of 100 s holds 17,391 image-views
     assert TTA_SHARE == 0.2

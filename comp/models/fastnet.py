@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..recipe import FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FASTNET_XL_RECIPE, SCARCE_PER_CLASS
+from ..recipe import (FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FASTNET_XL_RECIPE, SCARCE_PER_CLASS,
+                      s2d_fold)
 from . import register_model
 
 WHITEN_EPS = 5e-4
@@ -59,12 +60,6 @@ MAX_WHITEN_DIRECTIONS = 24
 NULL_VARIANCE = WHITEN_EPS / 100
 # Default widths that changed, now -> before: the earlier runs still load (_rebuild_groups_at_saved_widths).
 EARLIER_DEFAULT_WIDTHS = {(64, 192, 384): (64, 192, 192)}  # fastnet_s2d_deep before a88d544
-
-
-def s2d_fold(img_size: int) -> int:
-    """The pixel fold of the s2d nets for this size: 2 at 64px, 4 at 128px, 8 at 256px (the first group runs at
-    32-63px), as the planner's default_arch chooses; below 64px the nets do not fold whatever it says."""
-    return 2 ** max(1, int(math.log2(max(img_size, 1) / 32)))
 
 
 class BatchNorm(nn.BatchNorm2d):
