@@ -172,7 +172,8 @@ def blend(opts: BlendOptions) -> Path:
     out = workdir / "submissions" / f"{name}.csv"
     if out.exists():
         print(f"note: replacing {out} (--name NAME keeps both)")
-    validate_submission(submission, sample_path, label_map)
+    validate_submission(submission, sample_path, label_map, fitted.layout["sub_id_col"],
+                        fitted.layout["sub_label_col"])
     write_csv(out, submission)
     write_json(out.with_suffix(".json"), {"method": opts.method, "options": vars(opts), "blend": result,
                                           "runs": fitted.per_run, "label_hash": label_map.hash,

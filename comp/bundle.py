@@ -17,18 +17,18 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import shlex
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, staging
 from .blend import BlendOptions, FittedBlend, fit_blend
 from .folds import folds_dir, sample_submission_path
-from .io import CompError, atomic_path, load_torch, plain_name, read_json, replace_dir, write_json
+from .io import CompError, atomic_path, load_torch, path_inside, plain_name, read_json, replace_dir, write_json
 
 FORMAT = 1
 BUNDLE_FILE, MANIFEST_FILE, LABELS_FILE = "bundle.json", "manifest.json", "labels.json"
@@ -64,20 +64,21 @@ def export(opts: ExportOptions) -> Path:
                         f"--out another folder")
     fitted = fit_blend(BlendOptions(opts.method, opts.runs, opts.name, opts.top, opts.temperature, opts.metric,
                                     opts.workdir))
-    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    _say_removed(staging.remove_stale(out.parent), f"half-written export(s) in {out.parent}")
+    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
     try:
-        spec = _write_contents(staging, fitted, opts)
-        _write_manifest(staging)
-        replace_dir(staging, out)
+        spec = _write_contents(stage, fitted, opts)
+        _write_manifest(stage)
+        replace_dir(stage, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
     print(f"wrote {out}: {len(spec['runs'])} run(s), {sum(len(r['folds']) for r in spec['runs'])} fold model(s), "
           f"blend {opts.method}, {_megabytes(out)} MB{' (bf16 weights)' if opts.half else ''}")
     if opts.zip:
         archive = _zip(out)
         print(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB): upload it as a Kaggle dataset")
-    print(f"predict new images with:\n  comp infer {out} --images TEST_DIR --out submission.csv")
+    print(f"predict new images with:\n  comp infer {shlex.quote(str(out))} --images TEST_DIR --out submission.csv")
     return out
 
 
@@ -133,6 +134,11 @@ def _export_run(root: Path, run, half: bool) -> dict:
     return {"name": run.name, "arch": config["arch"], "model_kwargs": kwargs, "num_classes": config["num_classes"],
             "img_size": config["img_size"], "tta": config.get("tta", "none"), "label_hash": config["label_hash"],
             "folds": folds}
+
+
+def _say_removed(removed: list[str], what: str) -> None:
+    if removed:
+        print(f"removed {len(removed)} {what} that killed comp processes left: {', '.join(removed[:3])}")
 
 
 def _blend_spec(fitted: FittedBlend) -> dict:
@@ -236,7 +242,7 @@ def verify_manifest(root: Path) -> None:
     if not manifest_file.exists():
         raise CompError(f"{manifest_file} missing: the bundle is incomplete; copy it again or re-export it")
     for rel, entry in read_json(manifest_file)["files"].items():
-        path = root / rel
+        path = path_inside(root, rel, MANIFEST_FILE)
         if not path.is_file():
             raise CompError(f"{path}: listed in {MANIFEST_FILE} but missing; copy the whole bundle folder")
         if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
@@ -249,8 +255,9 @@ def _version(text: str) -> tuple:
 
 
 def _extract(archive: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="comp-bundle-"))
-    atexit.register(shutil.rmtree, target, True)  # the extracted copy lives as long as the process
+    _say_removed(staging.remove_stale_temp_dirs("bundle"), "extracted bundle(s)")
+    target = staging.temp_dir("bundle")
+    atexit.register(shutil.rmtree, target, True)  # the extracted copy lives as long as the process (SIGTERM too)
     with zipfile.ZipFile(archive) as z:
         z.extractall(target)  # extractall drops '..' and absolute parts of member names
     inner = [p for p in target.iterdir() if p.name != "__MACOSX"]

@@ -8,29 +8,59 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .data import Problem
 from .io import CompError, atomic_path
 from .progress import progress
 
 
-def scan_headers(paths, desc="scanning") -> tuple[list, list, list[tuple[int, str]]]:
-    """Read only the headers: (sizes, modes, unreadable (row, error))."""
-    sizes, modes, bad = [], [], []
+# EXIF orientations (TIFF tag 274) whose image a viewer shows turned: 2-8; 5-8 swap width and height.
+ORIENTATION_TAG = 274
+TRANSPOSED = {5, 6, 7, 8}
+
+
+@dataclass
+class Headers:
+    """What the headers say, row by row: sizes as a viewer shows the image (EXIF orientation applied)."""
+    sizes: list
+    modes: list
+    bad: list[tuple[int, str]]  # unreadable (row, error)
+    turned: list[int]  # rows whose EXIF orientation load_rgb applies
+
+    def turned_note(self, where: str) -> str:
+        return (f"{len(self.turned)} {where} image(s) carry an EXIF orientation (as phones save photos): they are "
+                f"decoded upright, as viewers show them") if self.turned else ""
+
+
+def scan_headers(paths, desc="scanning") -> Headers:
+    """Read only the headers."""
+    headers = Headers([], [], [], [])
     for row, path in enumerate(progress(paths, desc=desc, unit="img", leave=False)):
         try:
             with Image.open(path) as img:
-                sizes.append(img.size)
-                modes.append(img.mode)
+                orientation = _orientation(img)
+                headers.sizes.append(img.size[::-1] if orientation in TRANSPOSED else img.size)
+                headers.modes.append(img.mode)
         except Exception as exc:  # PIL raises many types for broken files
-            sizes.append(None)
-            modes.append(None)
-            bad.append((row, f"unreadable image: {exc}"))
-    return sizes, modes, bad
+            headers.sizes.append(None)
+            headers.modes.append(None)
+            headers.bad.append((row, f"unreadable image: {exc}"))
+            continue
+        if orientation not in (None, 1):
+            headers.turned.append(row)
+    return headers
+
+
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(ORIENTATION_TAG)
+    except Exception:  # a damaged EXIF block: the pixels still decode, unturned, as before
+        return None
 
 
 # prepare's default side is at most this: the planner's nets (comp/recipe.py) are built for small
@@ -80,9 +110,12 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 def load_rgb(path: str, size: int | None) -> np.ndarray:
     """Decode one image to (size, size, 3) uint8 (size None: as it is), whatever its mode (L, RGBA, P,
-    CMYK, 16-bit, float...). The one decoder of comp: the cache and the per-image loader see the same pixels."""
+    CMYK, 16-bit, float...), turned upright by its EXIF orientation. The one decoder of comp: the cache, the
+    per-image loader and `comp infer` see the same pixels."""
     with Image.open(path) as img:
         img.load()  # forces a full decode so a truncated file fails here, not later
+        if _orientation(img) not in (None, 1):  # a phone's photo: upright as every viewer shows it
+            img = ImageOps.exif_transpose(img)
         if img.mode in DEEP_MODES:
             img = to_8bit(img)
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

@@ -65,7 +65,7 @@ def read_checkpoint(path: Path):
     """On the CPU: it may be sent to other ranks, and the RNG states must be CPU tensors."""
     if not path.exists():
         return None
-    return load_torch(path, map_location="cpu", weights_only=False, then="--force starts the fold over")
+    return load_torch(path, map_location="cpu", weights_only=True, then="--force starts the fold over")
 
 
 def load_checkpoint(ckpt, model, optimizer, lookahead, plateau, device, path):

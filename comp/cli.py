@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 
 from .io import CompError
@@ -16,7 +18,8 @@ def _prepare(args):
     from .folds import PrepareOptions, prepare
 
     overrides = LayoutOverrides(args.train_csv, args.val_csv, args.id_col, args.label_col, args.image_dir,
-                                args.val_image_dir, args.test_dir, args.sample_submission, args.ext)
+                                args.val_image_dir, args.test_dir, args.sample_submission, args.ext,
+                                args.sub_id_col, args.sub_label_col)
     prepare(PrepareOptions(args.data, args.workdir, args.folds, args.seed, args.size, args.skip_bad,
                            cache=not args.no_cache), overrides)
 
@@ -214,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "sample-submission", "ext"):
         p.add_argument(f"--{flag}", help=f"override the detected {flag.replace('-', ' ')}"
                        + (" (only files with it count, e.g. png)" if flag == "ext" else ""))
+    for flag, what in (("id", "ids"), ("label", "predicted labels")):
+        p.add_argument(f"--sub-{flag}-col", help=f"the sample submission's column of the {what} (default: found "
+                       f"by name; its other columns are kept as the sample has them)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture",
@@ -345,8 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's stop, a preemption): raised like Ctrl-C, so every `finally` and atexit
+    cleanup runs (staging folders, half-written exports, extracted bundles) instead of the process vanishing."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        signal.signal(signal.SIGTERM, _raise_terminated)
     code = _run(args)
     if "comp.distributed" in sys.modules:  # under torchrun: end every rank together (see exit_process)
         return sys.modules["comp.distributed"].exit_process(code)
@@ -373,10 +390,11 @@ def _run(args) -> int:
         if not getattr(exc, "quiet", False):  # under torchrun rank 0 alone reports an error all ranks share
             print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: outputs written so far are complete; {AGAIN.get(args.command, 'run it again')}",
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{how}: outputs written so far are complete; {AGAIN.get(args.command, 'run it again')}",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `comp ... | head` closed the pipe: what it wanted was printed
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0

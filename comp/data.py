@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import CompError, atomic_path, read_json, replace_dir, write_json
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from .image_files import AmbiguousId, ImageIndex, LeftOut, is_hidden, is_image_name, scan_images
+from .columns import submission_columns, train_columns
+from .io import CompError, atomic_path, read_input_csv, read_json, replace_dir, write_json
 
 
 @dataclass
@@ -32,6 +32,8 @@ class LayoutOverrides:
     test_dir: str | None = None
     sample_submission: str | None = None
     ext: str | None = None
+    sub_id_col: str | None = None
+    sub_label_col: str | None = None
 
 
 @dataclass
@@ -55,6 +57,22 @@ class Layout:
     label_col: str | None = None
     ext: str | None = None
     notes: list[str] = field(default_factory=list)
+    left_out: dict = field(default_factory=dict)  # folder -> LeftOut: files the image rule did not count
+    _indexes: dict = field(default_factory=dict, repr=False)
+
+    def index(self, folder: Path) -> ImageIndex:
+        """The folder's images (comp/image_files.py's rule), listed once; what the rule left out goes to left_out."""
+        if folder not in self._indexes:
+            self._indexes[folder] = index = ImageIndex(folder, self.ext)
+            self.left_out.setdefault(folder, LeftOut()).extend(index.left_out)
+        return self._indexes[folder]
+
+    def left_out_notes(self) -> list[str]:
+        return [found.note(f"{folder.name}/", folder) for folder, found in self.left_out.items() if found]
+
+    def left_out_record(self) -> dict:
+        """For prepare.json: per folder, how many files the image rule left out, why, and examples."""
+        return {folder.name: found.as_dict(folder) for folder, found in self.left_out.items() if found}
 
     def describe(self) -> str:
         lines = [f"layout: {self.kind} (root {self.root})"]
@@ -62,7 +80,7 @@ class Layout:
             what = f"{part.csv.name} + {part.image_dir.name}/" if part.csv else f"{part.image_dir.name}/<class>/"
             lines.append(f"  {part.source}: {what}")
         lines.append(f"  test: {self.test_dir.name}/, sample submission {self.sample_submission.name}"
-                     f" (columns {self.sub_id_col},{self.sub_label_col})")
+                     f" (id column {self.sub_id_col!r}, label column {self.sub_label_col!r})")
         if self.id_col:
             lines.append(f"  train columns: id={self.id_col}, label={self.label_col}")
         lines += [f"  note: {n}" for n in self.notes]
@@ -126,14 +144,14 @@ def _extract_inner_zips(root: Path) -> None:
 
 
 def _descend_single_folder(root: Path) -> Path:
-    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    entries = [p for p in root.iterdir() if not is_hidden(p.name)]
     if len(entries) == 1 and entries[0].is_dir() and not _looks_like_image_dir(entries[0]):
         return _descend_single_folder(entries[0])
     return root
 
 
 def _looks_like_image_dir(path: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTS for p in list(path.iterdir())[:50])
+    return any(is_image_name(p.name) for p in list(path.iterdir())[:50])
 
 
 _FLAGS = {"sample submission": "sample-submission", "test image": "test-dir", "train image": "image-dir",
@@ -168,14 +186,17 @@ def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
         raise CompError(f"{sample}: expected an id column and a label column, found {sub_cols}")
     test_dir = _pick(root, ov.test_dir, r"^test", "test image", dirs=True)
     train_csv = _pick(root, ov.train_csv, r"^train.*\.csv$", "train csv", required=False)
+    train_cols = list(read_input_csv(train_csv, nrows=0).columns) if train_csv is not None else []
+    sub_id, sub_label, how = submission_columns(sample, sub_cols, train_cols, ov, test_dir)
+    notes = [how] if how else []
     train_dir = _pick(root, ov.image_dir, r"^train", "train image", dirs=True,
                       required=train_csv is None)
     if train_csv is None:
         parts = [Part("train", train_dir)]
         val_dir = _pick(root, ov.val_image_dir, r"^val", "validation image", dirs=True, required=False)
-        if val_dir is not None and any(p.is_dir() for p in val_dir.iterdir()):  # val/<class>/: merged into train
-            parts.append(Part("val", val_dir))
-        return Layout(root, "class-folders", parts, test_dir, sample, sub_cols[0], sub_cols[1], ext=ov.ext)
+        if val_dir is not None and any(p.is_dir() and not is_hidden(p.name) for p in val_dir.iterdir()):
+            parts.append(Part("val", val_dir))  # val/<class>/: merged into train
+        return Layout(root, "class-folders", parts, test_dir, sample, sub_id, sub_label, ext=ov.ext, notes=notes)
     if train_dir is None:
         train_dir = _image_dir_for(root, train_csv, "train")
     parts = [Part("train", train_dir, train_csv)]
@@ -184,21 +205,9 @@ def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
         val_dir = _pick(root, ov.val_image_dir, r"^val", "validation image", dirs=True, required=False)
         parts.append(Part("val", val_dir or _image_dir_for(root, val_csv, "val"), val_csv))
     kind = "train+val parts" if val_csv is not None else "csv + image folder"
-    id_col, label_col = _label_columns(train_csv, sub_cols, ov)
-    return Layout(root, kind, parts, test_dir, sample, sub_cols[0], sub_cols[1],
-                  id_col=id_col, label_col=label_col, ext=ov.ext)
-
-
-def read_input_csv(path: Path, **kwargs) -> pd.DataFrame:
-    """A competition's CSV, or an error that names it and says what to do."""
-    try:
-        return pd.read_csv(path, **kwargs)
-    except pd.errors.EmptyDataError:
-        raise CompError(f"{path}: the file is empty; it needs a header row (e.g. id,label) and its rows") from None
-    except ValueError as exc:  # pandas' ParserError, UnicodeDecodeError, a compression it cannot open
-        first = (str(exc).splitlines() or [""])[0]
-        raise CompError(f"{path}: cannot be read as a CSV ({type(exc).__name__}: {first}); "
-                        f"save it as UTF-8 comma-separated text with one header row") from None
+    id_col, label_col = train_columns(train_csv, train_cols, sub_id, sub_label, ov)
+    return Layout(root, kind, parts, test_dir, sample, sub_id, sub_label,
+                  id_col=id_col, label_col=label_col, ext=ov.ext, notes=notes)
 
 
 def _image_dir_for(root: Path, csv: Path, prefix: str) -> Path:
@@ -208,40 +217,7 @@ def _image_dir_for(root: Path, csv: Path, prefix: str) -> Path:
     return sorted(dirs)[0]
 
 
-def _label_columns(train_csv: Path, sub_cols: list[str], ov: LayoutOverrides) -> tuple[str, str]:
-    cols = list(read_input_csv(train_csv, nrows=0).columns)
-    id_col = ov.id_col or (sub_cols[0] if sub_cols[0] in cols else cols[0])
-    label_col = ov.label_col or (sub_cols[1] if sub_cols[1] in cols else (cols[1] if len(cols) > 1 else None))
-    for name, flag in ((id_col, "--id-col"), (label_col, "--label-col")):
-        if name not in cols:
-            raise CompError(f"{train_csv}: column {name!r} not found (columns: {cols}); pass {flag}")
-    return id_col, label_col
-
-
 # --------------------------------------------------------------------------- tables
-
-
-class ImageIndex:
-    """Files of one folder, found by exact name or by name without extension."""
-
-    def __init__(self, folder: Path, ext: str | None = None):
-        self.folder = folder
-        self.ext = ext if (ext is None or ext.startswith(".")) else "." + ext
-        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS]
-        if self.ext:  # --ext: only files with that extension, or the flag would be silently ignored
-            found = sorted({p.suffix for p in files})
-            files = [p for p in files if p.suffix.lower() == self.ext.lower()]
-            if not files:
-                raise CompError(f"--ext {ext}: no {self.ext} files in {folder} (found {', '.join(found) or 'none'})")
-        self.by_name = {p.name: p for p in files}
-        self.by_stem: dict[str, Path] = {}
-        for p in files:
-            self.by_stem.setdefault(p.stem, p)
-
-    def find(self, image_id: str) -> Path | None:
-        if self.ext and (hit := self.by_name.get(image_id + self.ext)):
-            return hit
-        return self.by_name.get(image_id) or self.by_stem.get(image_id)
 
 
 @dataclass
@@ -266,52 +242,64 @@ def read_train_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
 
 def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFrame:
     if part.csv is None:
-        return _read_class_folders(part, layout.ext, problems)
+        return _read_class_folders(layout, part, problems)
     frame = read_input_csv(part.csv, dtype=str, keep_default_na=False)
     for col in (layout.id_col, layout.label_col):
         if col not in frame.columns:
             raise CompError(f"{part.csv}: column {col!r} missing (columns: {list(frame.columns)})")
-    index = ImageIndex(part.image_dir, layout.ext)
+    index = layout.index(part.image_dir)
     rows, used = [], set()
     for i, (image_id, label) in enumerate(zip(frame[layout.id_col], frame[layout.label_col])):
         where = f"{part.csv.name} row {i + 2}"  # +2: 1-based, after the header line
         # the label stays as written (" cat" is not "cat": the submission must write it back the same)
         image_id = image_id.strip()
-        path = index.find(image_id)
         if not image_id or not label.strip():
             problems.append(Problem(where, f"empty id or label ({image_id!r}, {label!r})"))
-        elif path is None:
+            continue
+        try:
+            path = index.find(image_id)
+        except AmbiguousId as exc:
+            problems.append(Problem(where, str(exc)))
+            continue
+        if path is None:
             problems.append(Problem(where, f"id {image_id!r} has no image file in {part.image_dir}"))
         else:
-            used.add(path.name)
+            used.add(path)
             rows.append((image_id, str(path), label, part.source, where))
-    for name in sorted(set(index.by_name) - used):
-        problems.append(Problem(f"{part.image_dir.name}/{name}", f"image has no label in {part.csv.name}"))
+    for path in index.files:
+        if path not in used:
+            rel = path.relative_to(part.image_dir).as_posix()
+            problems.append(Problem(f"{part.image_dir.name}/{rel}", f"image has no label in {part.csv.name}"))
     return pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
 
 
-def _read_class_folders(part: Part, ext: str | None, problems: list[Problem]) -> pd.DataFrame:
-    def wanted(path: Path) -> bool:
-        return path.suffix.lower() in IMAGE_EXTS and (ext is None or path.suffix.lower() == "." + ext.lstrip(".").lower())
-
+def _read_class_folders(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFrame:
+    """One class per visible sub-folder; its images at any depth below it (cat/batch2/0.png is a cat)."""
+    ext, left_out = layout.ext, LeftOut()
     rows, loose = [], 0
     for entry in sorted(part.image_dir.iterdir()):
-        if entry.is_dir():
-            found = len(rows)
-            for img in sorted(entry.iterdir()):
-                if wanted(img):
-                    image_id = img.name if ext is None else img.stem
-                    rows.append((image_id, str(img), entry.name, part.source, f"{entry.name}/{img.name}"))
-            if len(rows) == found:  # a class no model could learn, that a submission could never name
+        if is_hidden(entry.name):  # .ipynb_checkpoints/ is no class, .DS_Store no image
+            left_out.hidden += [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        elif entry.is_dir():
+            images, skipped = scan_images(entry, ext)
+            left_out.extend(skipped)
+            for img in images:
+                rel = img.relative_to(part.image_dir).as_posix()
+                image_id = img.name if ext is None else img.stem
+                rows.append((image_id, str(img), entry.name, part.source, rel))
+            if not images:  # a class no model could learn, that a submission could never name
                 problems.append(Problem(f"class {entry.name}", f"has 0 images: {part.image_dir.name}/{entry.name}/ "
                                         f"holds no {ext or 'image'} files; add its images, or --skip-bad to leave "
                                         f"the class out"))
-        elif wanted(entry):
+        elif is_image_name(entry.name) and (ext is None or entry.suffix.lower() == "." + ext.lstrip(".").lower()):
             loose += 1
             problems.append(Problem(f"{part.image_dir.name}/{entry.name}", "image has no label (not in a class folder)"))
+        else:
+            left_out.other.append(entry)
+    layout.left_out.setdefault(part.image_dir, LeftOut()).extend(left_out)
     frame = pd.DataFrame(rows, columns=["id", "path", "label", "source", "where"])
-    if frame.id.duplicated().any():  # each class numbers its own images (cat/0.png, dog/0.png): class/name
-        frame["id"] = frame["label"] + "/" + frame["id"]
+    if frame.id.duplicated().any():  # names repeat across classes or sub-folders (cat/0.png, dog/0.png): the path
+        frame["id"] = [where if ext is None else where[:-len(Path(where).suffix)] for where in frame["where"]]
     if not rows:
         only = f" with extension {ext}" if ext else ""
         hint = (f": its {loose} images are not in class folders; write their labels to a CSV (columns id,label, "
@@ -340,19 +328,24 @@ def _check_duplicate_ids(table: pd.DataFrame, problems: list[Problem]) -> None:
 def read_test_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
     """Test ids in the sample submission's order, each with its image path."""
     sample = read_input_csv(layout.sample_submission, dtype=str, keep_default_na=False)
-    index = ImageIndex(layout.test_dir, layout.ext)
+    index = layout.index(layout.test_dir)
     rows = []
     for i, image_id in enumerate(sample[layout.sub_id_col]):
-        path = index.find(image_id.strip())
-        if path is None:
-            where = f"{layout.sample_submission.name} row {i + 2}"
-            problems.append(Problem(where, f"test id {image_id!r} has no image file in {layout.test_dir}"))
+        where = f"{layout.sample_submission.name} row {i + 2}"
+        try:
+            path = index.find(image_id.strip())
+        except AmbiguousId as exc:
+            path = None
+            problems.append(Problem(where, f"test {exc}"))
+        else:
+            if path is None:
+                problems.append(Problem(where, f"test id {image_id!r} has no image file in {layout.test_dir}"))
         rows.append((image_id, str(path) if path else ""))
     return pd.DataFrame(rows, columns=["id", "path"])
 
 
 def unlisted_test_images(layout: Layout, test: pd.DataFrame) -> list[str]:
     """Images in the test folder that the sample submission does not list: they get no prediction."""
-    listed = {Path(p).name for p in test.path if p}
-    found = ImageIndex(layout.test_dir, layout.ext).by_name  # the files read_test_table could match
-    return sorted(name for name in found if name not in listed)
+    listed = {p for p in test.path if p}
+    index = layout.index(layout.test_dir)  # the files read_test_table could match
+    return sorted(rel for rel, path in index.by_name.items() if str(path) not in listed)

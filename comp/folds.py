@@ -27,9 +27,9 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import cache as cache_mod
 from . import staging
-from .data import (LayoutOverrides, Problem, detect_layout, open_competition, read_input_csv, read_test_table,
-                   read_train_table, unlisted_test_images)
-from .io import CompError, read_json, relative_path, write_csv, write_json
+from .data import (LayoutOverrides, Problem, detect_layout, open_competition, read_test_table, read_train_table,
+                   unlisted_test_images)
+from .io import CompError, read_input_csv, read_json, relative_path, write_csv, write_json
 from .labels import LabelMap, build_label_map
 from .runs import runs_root
 
@@ -122,9 +122,13 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     train = read_train_table(layout, problems)
     test = read_test_table(layout, problems)
     _fail_on_test_problems(problems)
-    sizes, modes, bad = cache_mod.scan_headers(list(train.path), "scanning train")
-    problems += cache_mod.problems_from_rows(bad, train)
-    train = train.assign(size=sizes, mode=modes)
+    for note in layout.left_out_notes():
+        print(note)
+    headers = cache_mod.scan_headers(list(train.path), "scanning train")
+    test_turned = cache_mod.scan_headers([p for p in test.path if p], "scanning test").turned
+    problems += cache_mod.problems_from_rows(headers.bad, train)
+    train = train.assign(size=headers.sizes, mode=headers.modes, turned=False)
+    train.loc[headers.turned, "turned"] = True
     train = _drop_problem_rows(train, problems, opts.skip_bad)
     problems += _small_classes(train, opts.folds)
     train = _drop_problem_rows(train, problems, opts.skip_bad)
@@ -155,6 +159,8 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         summary["cache"] = {"train": rel(out / "cache" / caches["train"].name),
                             "test": rel(out / "cache" / caches["test"].name), "size": size} if opts.cache else None
         summary["test_images_not_in_sample"] = unlisted_test_images(layout, test)
+        summary["turned_upright"] = {"train": int(train.turned.sum()), "test": len(test_turned)}
+        summary["files_not_images"] = layout.left_out_record()
         summary["runs_invalidated"] = _runs_invalidated(workdir, out, split_fingerprint(folds_table))
         summary["seconds"] = round(time.time() - started, 1)
         write_csv(stage.path / "folds.csv", folds_table)
@@ -336,6 +342,10 @@ def print_summary(summary: dict) -> None:
     print(f"duplicates: {duplicates}")
     for group in summary["duplicates"].get("conflicting_label_groups", [])[:MAX_PROBLEMS_SHOWN]:
         print(f"  identical images with different labels: {group}")
+    turned = summary.get("turned_upright") or {}
+    if any(turned.values()):
+        print(f"turned upright by their EXIF orientation (as phones save photos; viewers show them so): "
+              f"{turned['train']} train and {turned['test']} test image(s)")
     unlisted = summary.get("test_images_not_in_sample") or []
     if unlisted:
         print(f"note: {len(unlisted)} image(s) in the test folder are not in the sample submission and get no "

@@ -8,9 +8,10 @@ and blended by the bundle's fitted comp.ensemble.Blender. The CSV is checked by 
 """
 from __future__ import annotations
 
-import tempfile
+import shutil
 import zipfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ensemble
+from . import ensemble, staging
 from .cache import load_rgb, scan_headers
 from .checkpoint import load_weights
-from .data import IMAGE_EXTS
+from .image_files import IMAGE_EXTS, scan_images
 from .feed import Images, in_batches, predict_logits
-from .io import CompError, load_torch, write_csv, write_npz
+from .io import CompError, load_torch, path_inside, write_csv, write_npz
 from .labels import LabelMap, natural_sorted
 from .progress import progress
 from .models import create_model
@@ -90,11 +91,11 @@ class Bundle:
         if run["label_hash"] != self.label_map.hash:
             raise CompError(f"{self.root / 'bundle.json'}: run {run['name']} was trained with label map "
                             f"{run['label_hash']}, the bundle's labels.json has {self.label_map.hash}")
-        state = load_torch(self.root / fold["file"], map_location="cpu", weights_only=True,
-                           then="export the bundle again")
+        weights = path_inside(self.root, fold["file"], "bundle.json")
+        state = load_torch(weights, map_location="cpu", weights_only=True, then="export the bundle again")
         model = create_model(run["arch"], num_classes=run["num_classes"], in_chans=3, img_size=run["img_size"],
                              **run["model_kwargs"])
-        load_weights(model, state, self.root / fold["file"])  # bf16 tensors (--half) are copied into fp32
+        load_weights(model, state, weights)  # bf16 tensors (--half) are copied into fp32
         return model.to(self.device).to(memory_format=torch.channels_last).eval()
 
     @property
@@ -108,8 +109,9 @@ class Bundle:
         it), one probability column per class. keep_logits: also keep self.logits (see run_logits)."""
         if batch_size < 1:
             raise CompError(f"--batch-size {batch_size}: give a positive number of images a forward pass")
-        with tempfile.TemporaryDirectory(prefix="comp-infer-") as tmp:
-            table = image_table(images, self.spec["submission"]["id_from"], Path(tmp))
+        staging.remove_stale_temp_dirs("infer")  # what a killed infer left (SIGTERM and Ctrl-C clean up)
+        with _scratch("infer") as tmp:
+            table = image_table(images, self.spec["submission"]["id_from"], tmp)
             if ids is not None:
                 table = order_by_ids(table, ids, self.spec["submission"]["id_col"], images)
             self._report_unseen(table.path.tolist())
@@ -185,7 +187,10 @@ class Bundle:
     def _report_unseen(self, paths: list[str]) -> None:
         """The documented fallback for sizes and modes training never saw: the same conversion, and a note."""
         decode = self.spec["decode"]
-        sizes, modes, _ = scan_headers(paths, "checking headers")
+        headers = scan_headers(paths, "checking headers")
+        sizes, modes = headers.sizes, headers.modes
+        if headers.turned:
+            print(f"note: {headers.turned_note('of these')}")
         seen_sizes, seen_modes = set(decode["sizes_seen"]), set(decode["modes_seen"])
         mixed = (decode.get("distinct_sizes") or 0) > len(seen_sizes)  # mixed sizes in training: all resized
         odd_sizes = Counter() if mixed else Counter(f"{s[0]}x{s[1]}" for s in sizes
@@ -199,17 +204,28 @@ class Bundle:
     def submission(self, predictions: pd.DataFrame, ids=None) -> pd.DataFrame:
         """The rows in the competition's format (header, id column, labels as written), validated."""
         fmt = self.spec["submission"]
+        id_col, label_col = fmt["id_col"], fmt["label_col"]
         if ids is not None:
             sample = pd.read_csv(ids, dtype=str, keep_default_na=False)
-        elif len(fmt["columns"]) == 2:
-            sample = pd.DataFrame({fmt["columns"][0]: predictions.id, fmt["columns"][1]: ""})
+        elif len(fmt["columns"]) == 2:  # in the sample's column order, whichever comes first
+            sample = pd.DataFrame({c: predictions.id if c == id_col else "" for c in fmt["columns"]})
         else:
             raise CompError(f"the sample submission has columns {fmt['columns']}: pass --ids sample_submission.csv "
                             f"so the other columns are copied")
         out = sample.copy()
-        out[fmt["label_col"]] = predictions.label.to_numpy()
-        validate_submission(out, ids if ids is not None else sample, self.label_map)
+        out[label_col] = predictions.label.to_numpy()
+        validate_submission(out, ids if ids is not None else sample, self.label_map, id_col, label_col)
         return out
+
+
+@contextmanager
+def _scratch(prefix: str):
+    """A temporary folder named with this process's pid (staging.temp_dir), removed on the way out."""
+    folder = staging.temp_dir(prefix)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def image_table(images, id_from: str, scratch: Path) -> pd.DataFrame:
@@ -224,11 +240,11 @@ def image_table(images, id_from: str, scratch: Path) -> pd.DataFrame:
             with zipfile.ZipFile(folder) as z:
                 z.extractall(scratch)  # extractall drops '..' and absolute parts of member names
             folder = scratch
-            paths = [p for p in scratch.rglob("*") if p.suffix.lower() in IMAGE_EXTS and "__MACOSX" not in p.parts]
-        elif folder.is_dir():
-            paths = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
-        else:
+        elif not folder.is_dir():
             raise CompError(f"--images {images}: not a folder or a .zip of images")
+        paths, left_out = scan_images(folder)  # the rule comp prepare applies: any depth, nothing hidden
+        if left_out:
+            print(left_out.note(source, folder))
     if not paths:
         raise CompError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTS))}) found")
     ids = [p.name if id_from == "name" else p.stem for p in paths]

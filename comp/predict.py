@@ -100,7 +100,7 @@ def fold_model_and_feed(prepared, src, config, in_fold, device_name="auto", batc
     if not (src / "model.pt").exists():
         raise CompError(f"{src / 'model.pt'} not found: the fold's weights are gone, so it cannot predict again; "
                         f"retrain it (comp train --force) or choose a TTA its stored views allow")
-    checkpoint = load_torch(src / "model.pt", map_location=device, weights_only=False)
+    checkpoint = load_torch(src / "model.pt", map_location=device, weights_only=True)
     model = create_model(config["arch"], num_classes=config["num_classes"], in_chans=3,
                          img_size=config["img_size"], **without_weight_kwargs(config.get("model_kwargs", {})))
     load_weights(model, checkpoint["state_dict"], src / "model.pt")

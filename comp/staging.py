@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from .runs import process_gone
@@ -64,6 +65,23 @@ def finish_switch(out: Path) -> None:
         match = STAGED.match(entry.name)
         if match and match["kind"] == "commit" and process_gone(match["host"], int(match["pid"])):
             _move_in(entry, out)
+
+
+def temp_dir(prefix: str) -> Path:
+    """A new folder in the system's temporary folder, named with this process's pid (comp-<what>-<pid>-...),
+    so that remove_stale_temp_dirs can tell one that a killed process left."""
+    return Path(tempfile.mkdtemp(prefix=f"comp-{prefix}-{os.getpid()}-"))
+
+
+def remove_stale_temp_dirs(prefix: str) -> list[str]:
+    """Delete the temp_dir(prefix) folders of processes on this host that are gone (a kill -9 runs no cleanup)."""
+    host, removed = socket.gethostname(), []
+    for entry in Path(tempfile.gettempdir()).glob(f"comp-{prefix}-*-*"):
+        pid = entry.name[len(f"comp-{prefix}-"):].split("-")[0]
+        if pid.isdigit() and entry.is_dir() and process_gone(host, int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(str(entry))
+    return removed
 
 
 def remove_stale(*folders: Path) -> list[str]:

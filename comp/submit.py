@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import read_input_csv
+from .io import read_input_csv
 from .folds import prepared_dir, sample_submission_path
 from .io import CompError, read_json
 from .labels import LabelMap
@@ -26,9 +26,10 @@ def credential_help(then: str) -> str:
 CREDENTIAL_HELP = credential_help("run comp submit again (--dry-run validates without them)")
 
 
-def validate_submission(submission, sample_path, label_map: LabelMap) -> pd.DataFrame:
+def validate_submission(submission, sample_path, label_map: LabelMap, id_col: str, label_col: str) -> pd.DataFrame:
     """Header, row count, id set, empty cells and label set, each with the row that fails.
-    `submission` and `sample_path` are CSV paths or DataFrames (`comp infer` builds its sample)."""
+    `submission` and `sample_path` are CSV paths or DataFrames (`comp infer` builds its sample); id_col and
+    label_col name the sample's columns (prepare found them by name: other columns are the sample's own)."""
     name = str(submission) if not isinstance(submission, pd.DataFrame) else "submission"
     frame = submission if isinstance(submission, pd.DataFrame) else _read(submission)
     sample = sample_path if isinstance(sample_path, pd.DataFrame) else _read(sample_path)
@@ -36,7 +37,6 @@ def validate_submission(submission, sample_path, label_map: LabelMap) -> pd.Data
         raise CompError(f"{name}: header {list(frame.columns)} differs from the sample's {list(sample.columns)}")
     if len(frame) != len(sample):
         raise CompError(f"{name}: {len(frame)} rows, the sample has {len(sample)}")
-    id_col, label_col = sample.columns[0], sample.columns[1]
     empty = frame.eq("").any(axis=1)
     if empty.any():
         row = int(empty.to_numpy().argmax())
@@ -106,7 +106,9 @@ def submit(csv_path, competition: str, message: str | None = None, dry_run: bool
     folds = prepared_dir(workdir)  # the label set and the sample come from the preparation
     prepare_info = read_json(folds / "prepare.json")
     label_map = LabelMap.load(folds / "labels.json")
-    validate_submission(csv_path, sample_submission_path(workdir), label_map)
+    layout = prepare_info["layout"]
+    validate_submission(csv_path, sample_submission_path(workdir), label_map, layout["sub_id_col"],
+                        layout["sub_label_col"])
     message = message or default_message(blend_record(csv_path))
     print(f"{csv_path}: valid ({prepare_info['test_images']} rows, labels from folds/labels.json)")
     if dry_run:

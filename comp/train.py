@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -40,7 +42,7 @@ from .budget import CALIBRATION_STEPS, BudgetedRun, FoldClock, fold_budgets, kee
 from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_checkpoint
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
-from .io import CompError, read_json, save_torch, write_csv, write_json, write_npz
+from .io import CompError, read_json, replace_dir, save_torch, write_csv, write_json, write_npz
 from .models import create_model, without_weight_kwargs
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .recipe import RECIPE_FIELDS, format_seconds, plan
@@ -146,24 +148,40 @@ def train_fold(cfg: TrainConfig, prepared: Prepared, on_epoch=None) -> dict:
     if cfg.sync_bn and ctx.enabled and ctx.device.type != "cuda":
         raise CompError("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
     with contextlib.ExitStack() as lock:
-        run_on_main(_claim, cfg, out, lock)  # rank 0's checks and lock; its error stops every rank
-        return _train_locked(cfg, prepared, in_fold, out, on_epoch, ctx)
+        work = run_on_main(_claim, cfg, out, lock)  # rank 0's checks and lock; its error stops every rank
+        return _train_locked(cfg, prepared, in_fold, work, on_epoch, ctx)
 
 
-def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> None:
+def replacing_dir(out: Path) -> Path:
+    """Where `--force` trains a complete fold again: the finished fold stays whole and in use until the
+    new one is written (a full disk, a crash or Ctrl-C leaves it as it was); then the folders swap."""
+    return out.with_name(f".{out.name}.replacing")
+
+
+def _claim(cfg: TrainConfig, out: Path, lock: contextlib.ExitStack) -> Path:
+    """Lock the fold and return the folder to train in: the fold's own, or with --force on a complete
+    fold, replacing_dir(out)."""
     # the lock first: a fold another process is training is busy (RunBusy), not "unfinished"
     lock.enter_context(RunLock(out))
-    if is_complete(out) and not cfg.force:
-        raise CompError(f"{out} is already complete; pass --force to train it again")
+    if is_complete(out):  # --force trains beside it; --resume continues a --force run cut short
+        work = replacing_dir(out)
+        continuing = cfg.resume and (work / "checkpoint.pt").exists()
+        if not (cfg.force or continuing):
+            raise CompError(f"{out} is already complete; pass --force to train it again")
+        if not continuing:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(exist_ok=True)
+        return work
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.force):
         raise CompError(f"{out} holds an unfinished run: --resume to continue it, --force to start over")
     resuming = cfg.resume and (out / "checkpoint.pt").exists()
-    if cfg.resume and not resuming and not is_complete(out):
+    if cfg.resume and not resuming:
         # say so at once: a user who expected to continue (another run, another name) can stop
         print(f"{out}: no checkpoint to resume (one is written after each epoch); this fold trains from the start")
-    if cfg.force and not resuming:  # metrics.json first: the folder stops counting as complete at once
-        for name in ("metrics.json", "oof.npz", "test.npz", "model.pt", "checkpoint.pt", "history.csv"):
+    if cfg.force and not resuming:  # an unfinished fold: nothing finished to keep
+        for name in ("checkpoint.pt", "history.csv"):
             (out / name).unlink(missing_ok=True)
+    return out
 
 
 def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out: Path, on_epoch,
@@ -371,6 +389,10 @@ def _finish(cfg, config, model, prepared, feed, y_val, in_fold, out, precision, 
     if writer:
         writer.add_scalar("oof/accuracy_tta", metrics["accuracy"], state["epoch"])
         writer.close()
+    if out == replacing_dir(final := fold_dir(cfg.workdir, cfg.name, cfg.fold)):  # --force: now the swap
+        os.link(final / "lock", out / "lock")  # the claim goes with the folder (RunLock removes it at the end)
+        replace_dir(out, final)
+        out = final
     print(f"{cfg.name} fold {cfg.fold}: OOF accuracy {metrics['accuracy']:.4f} (TTA {cfg.tta}; "
           f"no TTA {metrics['accuracy_no_tta']:.4f}), macro-F1 {metrics['macro_f1']:.4f}, "
           f"log loss {metrics['log_loss']:.4f}, weights of epoch {state['weights_epoch']} -> {out}")

@@ -107,7 +107,7 @@ def test_validate_submission_catches_each_mistake(tmp_path, workdir):
     label_map = LabelMap.load(workdir / "folds" / "labels.json")
     sample = tmp_path / "num" / "sampleSubmission.csv"
     good = pd.read_csv(sample, dtype=str)
-    validate_submission(good, sample, label_map)
+    validate_submission(good, sample, label_map, "id", "label")
     cases = {
         "header": good.rename(columns={"label": "class"}),
         "rows": good.iloc[:-1],
@@ -117,7 +117,7 @@ def test_validate_submission_catches_each_mistake(tmp_path, workdir):
     }
     for expected, frame in cases.items():
         with pytest.raises(CompError, match=expected):
-            validate_submission(frame, sample, label_map)
+            validate_submission(frame, sample, label_map, "id", "label")
 
 
 def test_bad_top_is_a_clear_error(tmp_path, workdir, capsys):

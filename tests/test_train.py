@@ -127,10 +127,10 @@ def test_bad_recipe_values_are_clear_errors(tmp_path, workdir):
     assert not (workdir / "runs" / "custom_cnn" / "fold0" / "config.json").exists()
 
 
-def test_resume_refuses_another_recipe_and_force_unmarks_first(tmp_path, workdir):
+def test_resume_refuses_another_recipe_and_force_replaces_only_when_done(tmp_path, workdir):
     from comp.folds import load_prepared
     from comp.runs import is_complete
-    from comp.train import train_fold
+    from comp.train import replacing_dir, train_fold
 
     prepared_workdir(tmp_path, workdir, per_class=6)
     out = workdir / "runs" / "custom_cnn" / "fold0"
@@ -146,11 +146,18 @@ def test_resume_refuses_another_recipe_and_force_unmarks_first(tmp_path, workdir
         train(TrainConfig(**{**cfg, "epochs": 5}, resume=True))
     train(TrainConfig(**cfg, resume=True))
     assert is_complete(out)
-    for flags in ({"force": True}, {"force": True, "resume": True}):  # the old results stop counting at once
-        train(TrainConfig(**cfg, force=True))
+    before = (out / "oof.npz").read_bytes()
+    # --force trains beside a finished fold and replaces it only once the new one is written (issue 27, F11):
+    # cut short, the old fold stays complete and unchanged; --force --resume continues the replacement
+    for flags in ({"force": True}, {"force": True, "resume": True}):
         with pytest.raises(KeyboardInterrupt):
-            train_fold(TrainConfig(**cfg, **flags), load_prepared(workdir), on_epoch=stop_after_first_epoch)
-        assert not is_complete(out) and not (out / "oof.npz").exists()
+            train_fold(TrainConfig(**{**cfg, "seed": 1}, **flags), load_prepared(workdir),
+                       on_epoch=stop_after_first_epoch)
+        assert is_complete(out) and (out / "oof.npz").read_bytes() == before
+        assert (replacing_dir(out) / "checkpoint.pt").exists()
+    train(TrainConfig(**{**cfg, "seed": 1}, force=True, resume=True))
+    assert is_complete(out) and (out / "oof.npz").read_bytes() != before
+    assert not replacing_dir(out).exists() and not (out / "lock").exists() and not (out / "checkpoint.pt").exists()
 
 
 def test_resume_compares_keys_older_checkpoints_lack_with_their_old_values(tmp_path):
