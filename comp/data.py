@@ -279,7 +279,7 @@ def _read_class_folders(layout: Layout, part: Part, problems: list[Problem]) -> 
     rows, loose = [], 0
     for entry in sorted(part.image_dir.iterdir()):
         if is_hidden(entry.name):  # .ipynb_checkpoints/ is no class, .DS_Store no image
-            left_out.hidden += [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+            left_out.hidden += [entry] if entry.is_file() else sorted(p for p in entry.rglob("*") if p.is_file())
         elif entry.is_dir():
             images, skipped = scan_images(entry, ext)
             left_out.extend(skipped)

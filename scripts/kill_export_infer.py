@@ -69,8 +69,9 @@ def main():
                 left = leftovers(workdir)
                 row = {"command": name, "signal": sig.name, "at s": f"{moment:.1f} of {full:.1f}",
                        "exit": "finished" if finished else code, "left": size_of(left) if left else "0"}
-                if left:  # the next run of the command must remove them as it starts
-                    comp(workdir, *argv)
+                if left:  # the next run of the command (same TMPDIR) must remove them as it starts
+                    subprocess.run([sys.executable, "-m", "comp", "--workdir", str(workdir), *argv], env=env,
+                                   check=True, capture_output=True)
                     row["left after the next run"] = size_of([p for p in left if p.exists()]) if any(
                         p.exists() for p in left) else "0"
                 rows.append(row)
