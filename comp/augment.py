@@ -129,6 +129,25 @@ def zoom(x, amount, gen=None):
     return rotate_zoom(x, 0.0, amount, gen)
 
 
+def random_resized_crop(x, min_area, out_size=None, gen=None):
+    """torchvision's RandomResizedCrop, per image and batched (one affine_grid + grid_sample): a box of
+    min_area..1 of the image's area and aspect ratio 3/4..4/3 (log-uniform), placed at random inside it,
+    resized to out_size (default: the input's side). The photo recipes' crop: a larger cached image gives
+    the crop its detail (comp/models/finetune.py)."""
+    B, C, H, W = x.shape
+    out = out_size or H
+    xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    area = _uniform(xs, gen, (B,), min_area, 1.0)
+    ratio = torch.exp(_uniform(xs, gen, (B,), math.log(3 / 4), math.log(4 / 3)))
+    w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # fractions of the side
+    cx = (_uniform(xs, gen, (B,), 0.0, 1.0) * 2 - 1) * (1 - w)  # box centre, in [-1, 1] units, inside the image
+    cy = (_uniform(xs, gen, (B,), 0.0, 1.0) * 2 - 1) * (1 - h)
+    theta = torch.zeros(B, 2, 3, device=x.device, dtype=xs.dtype)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = F.affine_grid(theta, (B, C, out, out), align_corners=False)
+    return F.grid_sample(xs, grid, mode="bilinear", padding_mode="reflection", align_corners=False).to(x.dtype)
+
+
 # ----------------------------------------------------------------------------- photometric
 
 def contrast(x, s, gen=None):
@@ -195,6 +214,8 @@ def mixup(x, target, alpha, gen=None):
 # ----------------------------------------------------------------------------- registry
 # name -> (callable, default parameter, help). The default's type (int/float) is the param type.
 AUGMENTATIONS = {
+    "rrc": (random_resized_crop, 0.35, "random-resized crop: a box of A..1 of the area, aspect 3/4..4/3, resized "
+                                       "to the net's training size (photo recipes)"),
     "flip": (flip, 0.5, "horizontal flip, param = probability per image"),
     "altflip": (alternating_flip, 0.5, "flip as `flip` in the first epoch, then each image the other way "
                                        "every epoch (airbench; cache feed)"),
@@ -216,6 +237,7 @@ _SHIFTS = ("translate", "translate_wrap", "crop")
 _FLIPS = ("flip", "altflip")
 _MIXES = ("cutmix", "mixup")
 _VALID = {  # name -> (predicate, description) for the parameter
+    "rrc": (lambda p: 0 < p <= 1, "in (0, 1]"),
     "flip": (lambda p: 0 <= p <= 1, "in [0, 1]"),
     "altflip": (lambda p: 0 <= p <= 1, "in [0, 1]"),
     "rotate": (lambda p: 0 <= p <= 180, "in [0, 180]"),
@@ -250,7 +272,7 @@ def _check(name, param, token):
 class BatchAugment:
     """A parsed pipeline: a list of (name, param), applied in the canonical order."""
 
-    def __init__(self, ops=(), generator=None):
+    def __init__(self, ops=(), generator=None, out_size=None):
         names = [n for n, _ in ops]
         for n in names:
             if n not in AUGMENTATIONS:
@@ -262,6 +284,7 @@ class BatchAugment:
                 raise ValueError(f"use at most one of {', '.join(exclusive)}; got {names}")
         self.ops = {n: _check(n, p, f"{n}:{p}") for n, p in sorted(ops, key=lambda o: _ORDER.index(o[0]))}
         self.generator = generator
+        self.out_size = out_size  # rrc's output side (the net's training size); None: the input's
         # altflip's per-image first-epoch coins: a hash of the index salted from torch's RNG,
         # so a run's flips follow its --seed and need no state in checkpoints.
         self.salt = 0
@@ -301,6 +324,8 @@ class BatchAugment:
                 if index is None:
                     raise ValueError("altflip needs each image's index in the training set (the cache feed)")
                 x = alternating_flip(x, param, index, epoch, self.salt)
+            elif name == "rrc":
+                x = random_resized_crop(x, param, self.out_size, gen)
             elif name in ("rotate", "zoom"):
                 if name == "rotate" or "rotate" not in ops:  # the first of the pair does both
                     x = rotate_zoom(x, ops.get("rotate", 0.0), ops.get("zoom", 0.0), gen)
@@ -329,11 +354,11 @@ def pixel_params(augment: "BatchAugment") -> dict:
     return {n: p for n, p in augment.ops.items() if n in PIXEL_OPS}
 
 
-def parse_aug(spec, generator=None):
-    """'flip, Translate:2 ,cutout:8' -> BatchAugment. '' or 'none' -> identity."""
+def parse_aug(spec, generator=None, out_size=None):
+    """'flip, Translate:2 ,cutout:8' -> BatchAugment. '' or 'none' -> identity. out_size: rrc's output side."""
     spec = (spec or "").strip()
     if spec.lower() in ("", "none"):
-        return BatchAugment((), generator)
+        return BatchAugment((), generator, out_size)
     ops = []
     for token in filter(None, (t.strip() for t in spec.split(","))):
         name, has_param, raw = token.partition(":")
@@ -348,7 +373,7 @@ def parse_aug(spec, generator=None):
                 raise ValueError(f"bad augmentation parameter in {token!r}: not a number\n"
                                  f"valid ops:\n{_ops_help()}") from None
         ops.append((name, _check(name, param, token)))
-    return BatchAugment(ops, generator)
+    return BatchAugment(ops, generator, out_size)
 
 
 def default_aug(n_images, img_size):

@@ -44,7 +44,8 @@ def build_albu_transform(aug_string, img_size, mean, std):
 
     # Resize first: everything after runs on small images, and pixel params mean the same
     # thing as in the batch path (which sees img_size images).
-    t = [A.Resize(img_size, img_size)]
+    t = [A.RandomResizedCrop(size=(img_size, img_size), scale=(ops["rrc"], 1.0), ratio=(3 / 4, 4 / 3))
+         if "rrc" in ops else A.Resize(img_size, img_size)]  # rrc: a crop of the whole photo, then resized
     for name in ("flip", "altflip"):  # workers see no epochs: altflip is a plain flip here
         if name in ops:
             t.append(A.HorizontalFlip(p=ops[name]))
@@ -82,13 +83,13 @@ class AlbuImageDataset(Dataset):
     on white, bicubic resize to `size` when given), transformed per image. Returns (float tensor
     (3, H, W), label); label -1 if labels is None (unlabelled test sets). Safe with DataLoader workers."""
 
-    def __init__(self, paths, labels=None, transform=None, size: int | None = None):
+    def __init__(self, paths, labels=None, transform=None, size: int | None = None, fit: str = "squash"):
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [os.fspath(p) for p in paths]
         self.labels = None if labels is None else [int(v) for v in labels]
         self.transform = transform
-        self.size = size
+        self.size, self.fit = size, fit
         self._threads_set = False
 
     def __len__(self):
@@ -109,7 +110,7 @@ class AlbuImageDataset(Dataset):
             self._threads_set = True
         path = self.paths[i]
         try:
-            img = load_rgb(path, self.size)
+            img = load_rgb(path, self.size, self.fit)
         except Exception as exc:  # PIL raises many types for broken files
             raise OSError(f"could not read image {path!r} (missing, unreadable or not an image): {exc}") from None
         if self.transform is not None:

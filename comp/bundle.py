@@ -97,7 +97,9 @@ def _write_contents(root: Path, fitted: FittedBlend, opts: ExportOptions) -> dic
     if opts.wheels:
         from .wheels import collect_wheels
 
-        needs_timm = any(r["arch"].startswith("timm/") for r in runs)
+        from .weights import BACKBONES
+
+        needs_timm = any(r["arch"].startswith("timm/") or r["arch"] in BACKBONES for r in runs)  # pretrained: timm's
         spec["wheels"] = collect_wheels(root / "wheels", opts.wheels, needs_timm, opts.pins, opts.find_links)
     write_json(root / BUNDLE_FILE, spec)
     return spec
@@ -163,7 +165,10 @@ def _decode_spec(workdir: Path, runs: list[dict]) -> dict:
     if wrong:
         raise CompError(f"run(s) {', '.join(wrong)} were trained at another image size than folds/prepare.json's "
                         f"{size}px; export runs of the current preparation")
-    return {"decoder": "comp.cache.load_rgb", "size": size, "resize": "bicubic to size x size when not already",
+    fit = info.get("fit", "squash")  # preparations before 2026-12-08 squashed other shapes
+    return {"decoder": "comp.cache.load_rgb", "size": size, "fit": fit,
+            "resize": ("the centre square, bicubic to size x size" if fit == "crop" else
+                       "bicubic to size x size") + " when not already",
             "modes": "RGBA, LA and P with transparency composited on white, then every mode converted to RGB",
             "sizes_seen": info.get("sizes_seen", {}), "distinct_sizes": info.get("distinct_sizes"),
             "modes_seen": info.get("modes_seen", {})}

@@ -63,30 +63,38 @@ def _orientation(img: Image.Image) -> int | None:
         return None
 
 
-# prepare's default side is at most this: the planner's nets (comp/recipe.py) are built for small
-# images on a budget, and a 512px cache costs 16x a 128px one in memory and in every epoch.
-# `--size` sets any other side.
+# prepare's default side for small images is at most this: the planner's nets trained from scratch (comp/recipe.py)
+# are built for small images on a budget. Larger images (photos) are cached at PHOTO_SIZE: room for the
+# pretrained nets' random-resized crops at their training size (comp/models/finetune.py: 128px on a CPU,
+# 224px on a GPU). `--size` sets any other side.
 DEFAULT_MAX_SIZE = 128
+PHOTO_SIZE = {"cpu": 160, "cuda": 256}
 SIZE_STEP = 32  # mixed sizes round to a multiple of this, which the nets' 2x2 pools divide
+FITS = ("crop", "squash")  # how an image of another shape becomes S x S; "squash": comp before 2026-12-08
 
 
-def choose_size(sizes) -> tuple[int, str]:
-    """(side, why): the most common longer side where at least half the images share it; where
-    sizes are mixed (photos), the median longer side rounded to a multiple of SIZE_STEP. Either
-    is capped at DEFAULT_MAX_SIZE. Non-square images are resized to a square of that side."""
-    sides = [max(s) for s in sizes if s]
+def choose_size(sizes, cuda: bool = False) -> tuple[int, str]:
+    """(side, why): the most common short side where at least half the images share it (each image keeps its
+    aspect: its short side becomes the square's, the long one is cropped at the centre); where sizes are
+    mixed (photos), the median short side rounded to a multiple of SIZE_STEP. Up to DEFAULT_MAX_SIZE the side
+    is kept; above it, images are photos, cached at PHOTO_SIZE (larger on a machine with CUDA)."""
+    sides = [min(s) for s in sizes if s]
     if not sides:
         raise ValueError("no readable images")
     side, count = Counter(sides).most_common(1)[0]
-    why = f"the most common side ({count} of {len(sides)} images)"
+    why = f"the most common short side ({count} of {len(sides)} images)"
     if count < len(sides) / 2:
         median = float(np.median(sides))
         side = max(SIZE_STEP, int(median / SIZE_STEP + 0.5) * SIZE_STEP)  # halves round up
-        why = f"sizes are mixed: the median longer side ({median:g}px) rounded to a multiple of {SIZE_STEP}"
-    if side > DEFAULT_MAX_SIZE:
-        why = (f"{why} is {side}px; capped at {DEFAULT_MAX_SIZE} for speed: `--size {side}` keeps the detail, "
-               f"with {(side / DEFAULT_MAX_SIZE) ** 2:.1f}x the pixels to cache and train on")
-        side = DEFAULT_MAX_SIZE
+        why = f"sizes are mixed: the median short side ({median:g}px) rounded to a multiple of {SIZE_STEP}"
+    photo = PHOTO_SIZE["cuda" if cuda else "cpu"]
+    if side > photo:
+        why = (f"{why} is {side}px: photos are cached at {photo}px{' (a GPU here)' if cuda else ''}, room for "
+               f"random-resized crops at the training size; `--size {side}` keeps the detail, with "
+               f"{(side / photo) ** 2:.1f}x the pixels to cache and train on")
+        side = photo
+    elif side > DEFAULT_MAX_SIZE:
+        why = f"{why}: photos are cached as they are, up to {photo}px"
     return side, why
 
 
@@ -108,9 +116,11 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
-def load_rgb(path: str, size: int | None) -> np.ndarray:
+def load_rgb(path: str, size: int | None, fit: str = "squash") -> np.ndarray:
     """Decode one image to (size, size, 3) uint8 (size None: as it is), whatever its mode (L, RGBA, P,
-    CMYK, 16-bit, float...), turned upright by its EXIF orientation. The one decoder of comp: the cache, the
+    CMYK, 16-bit, float...), turned upright by its EXIF orientation. fit: how another shape becomes a square:
+    "crop" keeps the aspect (the centre square, resized), "squash" resizes the whole image (comp's preparations
+    before 2026-12-08; prepare.json and bundles record theirs). The one decoder of comp: the cache, the
     per-image loader and `comp infer` see the same pixels."""
     with Image.open(path) as img:
         img.load()  # forces a full decode so a truncated file fails here, not later
@@ -125,30 +135,43 @@ def load_rgb(path: str, size: int | None) -> np.ndarray:
             img = Image.alpha_composite(background, img)
         img = img.convert("RGB")
         if size and img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BICUBIC)
+            img = img.resize((size, size), Image.Resampling.BICUBIC, box=_square_box(img.size, fit))
         return np.asarray(img, dtype=np.uint8)
 
 
-def build_cache(paths, size: int, out_path: Path | None, desc: str) -> tuple[list[tuple[int, str]], list[str]]:
+def _square_box(size: tuple[int, int], fit: str) -> tuple[int, int, int, int] | None:
+    """The part of a (w, h) image that becomes the square: its centre square for "crop", all of it for "squash"."""
+    if fit not in FITS:
+        raise ValueError(f"fit {fit!r}: one of {', '.join(FITS)}")
+    w, h = size
+    if fit == "squash" or w == h:
+        return None
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return (left, top, left + side, top + side)
+
+
+def build_cache(paths, size: int, out_path: Path | None, desc: str,
+                fit: str = "crop") -> tuple[list[tuple[int, str]], list[str]]:
     """Decode `paths` into out_path (.npy, atomic). Returns (bad rows, content hashes).
 
     With out_path None (`comp prepare --no-cache`) every image is still decoded once, so that
     truncated files fail here and duplicates are found, but nothing is stored."""
     if out_path is None:
-        return _decode_all(paths, size, desc, None)
+        return _decode_all(paths, size, desc, None, fit)
     with atomic_path(out_path, suffix=".npy") as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-        result = _decode_all(paths, size, desc, array)
+        result = _decode_all(paths, size, desc, array, fit)
         array.flush()
         del array
     return result
 
 
-def _decode_all(paths, size: int, desc: str, array) -> tuple[list[tuple[int, str]], list[str]]:
+def _decode_all(paths, size: int, desc: str, array, fit: str) -> tuple[list[tuple[int, str]], list[str]]:
     bad, hashes = [], []
     for row, path in enumerate(progress(paths, desc=desc, unit="img")):
         try:
-            pixels = load_rgb(path, size)
+            pixels = load_rgb(path, size, fit)
         except Exception as exc:
             bad.append((row, f"unreadable or truncated image: {exc}"))
             pixels = np.zeros((size, size, 3), np.uint8)

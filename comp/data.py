@@ -184,21 +184,26 @@ def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
     sub_cols = list(read_input_csv(sample, nrows=0).columns)
     if len(sub_cols) < 2:
         raise CompError(f"{sample}: expected an id column and a label column, found {sub_cols}")
-    test_dir = _pick(root, ov.test_dir, r"^test", "test image", dirs=True)
     train_csv = _pick(root, ov.train_csv, r"^train.*\.csv$", "train csv", required=False)
+    test_dir = _pick(root, ov.test_dir, r"^test", "test image", dirs=True, required=train_csv is None)
+    shared = None
+    if test_dir is None:  # train and test images in one folder (Plant Pathology 2020: images/)
+        test_dir = shared = _shared_image_dir(root, ov.image_dir)
     train_cols = list(read_input_csv(train_csv, nrows=0).columns) if train_csv is not None else []
     sub_id, sub_label, how = submission_columns(sample, sub_cols, train_cols, ov, test_dir)
     notes = [how] if how else []
-    train_dir = _pick(root, ov.image_dir, r"^train", "train image", dirs=True,
-                      required=train_csv is None)
+    train_dir = shared or _pick(root, ov.image_dir, r"^train", "train image", dirs=True, required=train_csv is None)
     if train_csv is None:
         parts = [Part("train", train_dir)]
         val_dir = _pick(root, ov.val_image_dir, r"^val", "validation image", dirs=True, required=False)
         if val_dir is not None and any(p.is_dir() and not is_hidden(p.name) for p in val_dir.iterdir()):
             parts.append(Part("val", val_dir))  # val/<class>/: merged into train
         return Layout(root, "class-folders", parts, test_dir, sample, sub_id, sub_label, ext=ov.ext, notes=notes)
-    if train_dir is None:
-        train_dir = _image_dir_for(root, train_csv, "train")
+    if train_dir is None:  # no train* folder: --test-dir's folder holds both parts, or the error that says so
+        train_dir = _image_dir_for(root, train_csv, "train", test_dir if ov.test_dir else None)
+    if train_dir == test_dir:
+        notes.append(f"one image folder for train and test, {test_dir.name}/: the ids {train_csv.name} labels are "
+                     f"training images, the sample submission's ids test images")
     parts = [Part("train", train_dir, train_csv)]
     val_csv = _pick(root, ov.val_csv, r"^val.*\.csv$", "validation csv", required=False)
     if val_csv is not None:
@@ -210,8 +215,23 @@ def detect_layout(root: Path, ov: LayoutOverrides | None = None) -> Layout:
                   id_col=id_col, label_col=label_col, ext=ov.ext, notes=notes)
 
 
-def _image_dir_for(root: Path, csv: Path, prefix: str) -> Path:
+def _shared_image_dir(root: Path, given: str | None) -> Path:
+    """With a train CSV and no test folder: the one folder of images (or --image-dir) holds both parts."""
+    if given:
+        return _pick(root, given, "", "train image", dirs=True)
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name) and _looks_like_image_dir(p)]
+    if len(folders) != 1:
+        names = ", ".join(p.name + "/" for p in folders) or "none"
+        raise CompError(f"no test image folder found in {root} (looked for /^test/), and not one image folder that "
+                        f"could hold both parts (folders with images: {names}); pass --test-dir (and --image-dir "
+                        f"where the training images are elsewhere)")
+    return folders[0]
+
+
+def _image_dir_for(root: Path, csv: Path, prefix: str, fallback: Path | None = None) -> Path:
     dirs = [p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith(prefix)]
+    if not dirs and fallback is not None:
+        return fallback
     if not dirs:
         raise CompError(f"{csv}: no image folder beside it named {prefix}*; pass --image-dir")
     return sorted(dirs)[0]
@@ -266,7 +286,8 @@ def _read_part(layout: Layout, part: Part, problems: list[Problem]) -> pd.DataFr
         else:
             used.add(path)
             rows.append((image_id, str(path), label, part.source, where))
-    for path in index.files:
+    shared = part.image_dir == layout.test_dir  # one folder for both parts: the others are test images, or noted
+    for path in [] if shared else index.files:  # (by unlisted_test_images), not bad rows
         if path not in used:
             rel = path.relative_to(part.image_dir).as_posix()
             problems.append(Problem(f"{part.image_dir.name}/{rel}", f"image has no label in {part.csv.name}"))
@@ -344,8 +365,9 @@ def read_test_table(layout: Layout, problems: list[Problem]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "path"])
 
 
-def unlisted_test_images(layout: Layout, test: pd.DataFrame) -> list[str]:
-    """Images in the test folder that the sample submission does not list: they get no prediction."""
-    listed = {p for p in test.path if p}
+def unlisted_test_images(layout: Layout, test: pd.DataFrame, train: pd.DataFrame) -> list[str]:
+    """Images in the test folder that the sample submission does not list (nor, where one folder holds both
+    parts, the training CSV): they get no prediction."""
+    listed = {p for p in test.path if p} | set(train.path)
     index = layout.index(layout.test_dir)  # the files read_test_table could match
     return sorted(rel for rel, path in index.by_name.items() if str(path) not in listed)

@@ -115,8 +115,9 @@ class _Feed:
     """
 
     def __init__(self, prepared, device, train_rows=None, val_rows=None, aug="none", batch_size=128,
-                 eval_batch_size=1024, workers=None):
+                 eval_batch_size=1024, workers=None, train_size=None):
         self.prepared, self.device = prepared, device
+        self.train_size = train_size  # the net's training side where it is below the images' (rrc crops to it)
         self.rows = {"train": train_rows, "val": val_rows}
         self.aug, self.batch_size, self.eval_batch_size = aug, batch_size, eval_batch_size
         self.workers = default_workers() if workers is None else workers
@@ -163,7 +164,7 @@ class CacheFeed(_Feed):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.augment = parse_aug(self.aug)
+        self.augment = parse_aug(self.aug, out_size=self.train_size)
         self._images: dict[str, Images] = {}
         self._y_train = None
 
@@ -251,7 +252,8 @@ class AlbuFeed(_Feed):
 
         from .augment_albu import AlbuImageDataset
 
-        return DataLoader(AlbuImageDataset(paths, labels, transform, self.size), batch_size=batch_size, sampler=order,
+        return DataLoader(AlbuImageDataset(paths, labels, transform, self.size, self.prepared.fit),
+                          batch_size=batch_size, sampler=order,
                           drop_last=order is not None, num_workers=self.workers,
                           generator=torch.Generator().manual_seed(self.seed),
                           persistent_workers=persistent and self.workers > 0, pin_memory=self.device.type == "cuda")

@@ -133,7 +133,7 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
     problems += _small_classes(train, opts.folds)
     train = _drop_problem_rows(train, problems, opts.skip_bad)
 
-    size, size_reason = (opts.size, "--size") if opts.size else cache_mod.choose_size(train["size"])
+    size, size_reason = (opts.size, "--size") if opts.size else cache_mod.choose_size(train["size"], _has_cuda())
     _warn_size_change(workdir, previous, size)
     if opts.cache:
         cache_mod.check_cache_fits(len(train) + len(test), size, train["size"], out)
@@ -153,12 +153,12 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         test_table = pd.DataFrame({"id": test.id, "path": test.path.map(rel)})
         summary = _summary(opts, layout, train, test, label_map, problems, size,
                            cache_mod.duplicate_report(train_hashes, list(train.label), test_hashes, list(train.id)))
-        summary["image_size"], summary["image_size_reason"] = size, size_reason
+        summary["image_size"], summary["image_size_reason"], summary["fit"] = size, size_reason, "crop"
         summary["fingerprints"] = {"train_fingerprint": ids_fingerprint(folds_table.id),
                                    "test_fingerprint": ids_fingerprint(test_table.id)}
         summary["cache"] = {"train": rel(out / "cache" / caches["train"].name),
                             "test": rel(out / "cache" / caches["test"].name), "size": size} if opts.cache else None
-        summary["test_images_not_in_sample"] = unlisted_test_images(layout, test)
+        summary["test_images_not_in_sample"] = unlisted_test_images(layout, test, train)
         summary["turned_upright"] = {"train": int(train.turned.sum()), "test": len(test_turned)}
         summary["files_not_images"] = layout.left_out_record()
         summary["runs_invalidated"] = _runs_invalidated(workdir, out, split_fingerprint(folds_table))
@@ -171,6 +171,13 @@ def prepare(opts: PrepareOptions, overrides: LayoutOverrides | None = None) -> d
         stage.commit()
     print_summary(summary)
     return summary
+
+
+def _has_cuda() -> bool:
+    """Photos are cached larger where a GPU will train on them (cache.PHOTO_SIZE)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _previous_summary(out: Path) -> dict:
@@ -228,7 +235,7 @@ def _runs_invalidated(workdir: Path, out: Path, new_split: str) -> list[str]:
 def _decode_all(train, test, layout, size, caches, opts, problems):
     """Decode every image once (into the staged caches, or only to check it with --no-cache)."""
     verb = "caching" if opts.cache else "checking"
-    bad, train_hashes = cache_mod.build_cache(list(train.path), size, caches.get("train"), f"{verb} train")
+    bad, train_hashes = cache_mod.build_cache(list(train.path), size, caches.get("train"), f"{verb} train", "crop")
     if bad:
         decode_problems = cache_mod.problems_from_rows(bad, train)
         if not opts.skip_bad:
@@ -239,7 +246,7 @@ def _decode_all(train, test, layout, size, caches, opts, problems):
             _compact_cache(caches["train"], keep)
         train = train.iloc[keep].reset_index(drop=True)
         train_hashes = [train_hashes[i] for i in keep]
-    bad, test_hashes = cache_mod.build_cache(list(test.path), size, caches.get("test"), f"{verb} test")
+    bad, test_hashes = cache_mod.build_cache(list(test.path), size, caches.get("test"), f"{verb} test", "crop")
     if bad:
         where = [f"{layout.sample_submission.name} row {i + 2}" for i in range(len(test))]
         _raise_problems(cache_mod.problems_from_rows(bad, test.assign(where=where), "test"), can_skip=False)
@@ -373,6 +380,11 @@ class Prepared:
     @property
     def n_folds(self) -> int:
         return int(self.folds.fold.max()) + 1
+
+    @property
+    def fit(self) -> str:
+        """How images of another shape became squares (cache.FITS); preparations before 2026-12-08: squash."""
+        return self.info.get("fit", "squash")
 
     @property
     def image_size(self) -> int:

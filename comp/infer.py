@@ -162,7 +162,7 @@ class Bundle:
         pixels, bad = np.zeros((len(paths), self.size, self.size, 3), np.uint8), []
         for i, path in enumerate(paths):
             try:
-                pixels[i] = load_rgb(path, self.size)
+                pixels[i] = load_rgb(path, self.size, self.spec["decode"].get("fit", "squash"))
             except Exception as exc:  # PIL raises many types for broken files
                 if not skip_bad:
                     raise CompError(f"{path}: cannot be decoded ({exc}); fix or remove it, or pass --skip-bad to "

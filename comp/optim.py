@@ -11,7 +11,8 @@ SCHEDULES = ("onecycle", "cosine", "triangle", "linear", "plateau", "constant")
 
 def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float, bias_lr_scale: float,
                     muon_lr: float = 0.24, muon_momentum: float = 0.6):
-    """Two groups: normalisation-layer parameters, and everything else.
+    """Two groups: normalisation-layer parameters, and everything else (and a third, a pretrained net's new
+    head at model.head_lr_scale times the lr, where the model has head_parameters()).
 
     The norm group gets lr * bias_lr_scale but the same decay per step (airbench's trick:
     BatchNorm biases want a much larger step; their decay must not grow with it).
@@ -26,11 +27,16 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, momentum: 
     # Params frozen now (fastnet's whitening weight, its BN scales) stay out; one frozen later
     # (the whitening bias after 3 epochs) is skipped by the optimizer once its grad is None.
     params = [p for p in model.parameters() if p.requires_grad]
+    # a pretrained net's new classifier (comp/models/finetune.py) learns from scratch: a larger lr
+    head_ids = {id(p) for p in model.head_parameters()} if hasattr(model, "head_parameters") else set()
     vectors = [p for p in params if id(p) in norm_ids]
-    matrices = [p for p in params if id(p) not in norm_ids]
+    matrices = [p for p in params if id(p) not in norm_ids and id(p) not in head_ids]
     bias_lr = lr * bias_lr_scale
     decoupled = name == "adamw"  # AdamW's decay is lr * wd per step; SGD/Adam add wd * p to the gradient
     groups = [dict(params=matrices, lr=lr, weight_decay=weight_decay)]
+    if head_ids:
+        groups.append(dict(params=[p for p in params if id(p) in head_ids], lr=lr * model.head_lr_scale,
+                           weight_decay=weight_decay))
     if vectors:
         groups.append(dict(params=vectors, lr=bias_lr,
                            weight_decay=weight_decay * (lr / bias_lr if decoupled or name == "sgd" else 1.0)))

@@ -43,7 +43,7 @@ from .checkpoint import check_resumable, load_checkpoint, read_checkpoint, save_
 from .feed import autocast, make_feed
 from .folds import Prepared, load_prepared, split_fingerprint
 from .io import CompError, read_json, replace_dir, save_torch, write_csv, write_json, write_npz
-from .models import create_model, without_weight_kwargs
+from .models import backbone_stats, create_model, without_weight_kwargs
 from .optim import Lookahead, Plateau, build_optimizer, lr_multiplier, set_lr
 from .recipe import RECIPE_FIELDS, format_seconds, plan
 from .runs import (OOF_LABEL_USES, RunBusy, RunLock, check_adoptable, fold_dir, is_complete, oof_label_use,
@@ -195,7 +195,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     batch_size = local_batch_size(cfg.batch_size, ctx.world_size)  # --batch-size is global
     rows = shard(np.flatnonzero(~in_fold), cfg.seed, ctx.rank, ctx.world_size)  # all of them on one process
     feed = make_feed(cfg.loader, prepared, device, train_rows=rows, val_rows=np.flatnonzero(in_fold), aug=cfg.aug,
-                     batch_size=batch_size, eval_batch_size=cfg.eval_batch_size, workers=cfg.workers)
+                     batch_size=batch_size, eval_batch_size=cfg.eval_batch_size, workers=cfg.workers,
+                     train_size=cfg.model_kwargs.get("train_size"), stats=backbone_stats(cfg.arch))
     img_size = prepared.image_size
 
     ckpt = run_on_main(read_checkpoint, out / "checkpoint.pt") if cfg.resume else None  # rank 0's file
@@ -220,7 +221,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
     if cfg.budget:  # provisional until the first steps are timed: long enough to time them
         state["total_steps"] = max(CALIBRATION_STEPS, state["total_steps"])
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    config = {**asdict(cfg), "precision": precision, "device": str(device), "img_size": img_size,
+    started_from = getattr(model, "weights_record", None) or (ckpt or {}).get("config", {}).get("starting_weights")
+    config = {**asdict(cfg), "starting_weights": started_from, "precision": precision, "device": str(device), "img_size": img_size,
               "label_hash": label_map.hash, "num_classes": label_map.num_classes, "comp_version": __version__,
               "folds_fingerprint": split_fingerprint(prepared.folds), "n_train": n_train, "n_val": n_val,
               "total_steps": state["total_steps"], "mean": feed.mean, "std": feed.std, "world_size": ctx.world_size}
@@ -240,7 +242,8 @@ def _train_locked(cfg: TrainConfig, prepared: Prepared, in_fold: np.ndarray, out
         write_json(out / "config.json", config)
     writer = _tensorboard(out) if ctx.is_main else None
     budgeted = cfg.budget and BudgetedRun(FoldClock(cfg.budget, cfg.budget_started), n_val + len(prepared.test),
-                                          cfg.tta, cfg.plan.get("tta") == "--tta", steps_per_epoch, say=ctx.print)
+                                          cfg.tta, cfg.plan.get("tta") == "--tta", steps_per_epoch, say=ctx.print,
+                                          eval_size=img_size)
     ddp = f", DDP {ctx.world_size} x batch {batch_size}" if ctx.enabled else ""
     files = f", image files via {cfg.workers} loader workers" if cfg.loader == "albu" else ""
     ctx.print(f"train {cfg.name} fold {cfg.fold}: {n_train} train / {n_val} val images, "

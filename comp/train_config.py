@@ -155,8 +155,10 @@ def config_from_args(args, fold: int, started: float) -> TrainConfig:
     """The TrainConfig of `comp train`'s parsed flags (and of --params' tuned values, which fill only what the
     flags left unset); a --budget counts from `started`."""
     model_kwargs = {}
-    if args.pretrained:
-        model_kwargs["pretrained"] = True
+    if args.pretrained is not None:
+        model_kwargs["pretrained"] = args.pretrained
+    if args.train_size:
+        model_kwargs["train_size"] = args.train_size
     if args.weights:
         model_kwargs["weights"] = args.weights
     if args.no_adapt:

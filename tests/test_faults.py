@@ -82,10 +82,10 @@ def test_prepare_failing_midway_keeps_the_previous_preparation(tmp_path, workdir
 
     real = comp.cache.build_cache
 
-    def killed_in_test_decode(paths, size, out_path, desc):
+    def killed_in_test_decode(paths, size, out_path, desc, *more):
         if "test" in desc:
             raise KeyboardInterrupt
-        return real(paths, size, out_path, desc)
+        return real(paths, size, out_path, desc, *more)
 
     monkeypatch.setattr(comp.cache, "build_cache", killed_in_test_decode)
     with pytest.raises(KeyboardInterrupt):

@@ -136,17 +136,33 @@ def test_modes_and_sizes_are_normalised(tmp_path, workdir, capsys):
     assert "note: images will be cached at 8px, the previous preparation's at 16px" in capsys.readouterr().out
 
 
-def test_default_size_is_the_common_side_or_the_median_of_mixed_ones_at_most_128():
+def test_default_size_is_the_common_short_side_or_the_median_of_mixed_ones_and_photos_are_cached_larger():
     from comp.cache import choose_size
 
-    assert choose_size([(32, 32)] * 9 + [(40, 30)]) == (32, "the most common side (9 of 10 images)")
-    side, why = choose_size([(50 + 3 * i, 40) for i in range(20)])  # photos: every size different
-    assert side == 64 and why.startswith("sizes are mixed: the median longer side (78.5px)")
+    assert choose_size([(32, 32)] * 9 + [(40, 30)]) == (32, "the most common short side (9 of 10 images)")
+    side, why = choose_size([(50 + 3 * i, 40 + 2 * i) for i in range(20)])  # photos: every size different
+    assert side == 64 and why.startswith("sizes are mixed: the median short side (59px)")
     side, why = choose_size([(512, 384)] * 3)
-    assert side == 128 and "`--size 512` keeps the detail, with 16.0x the pixels" in why
+    assert side == 160 and "photos are cached at 160px" in why and "`--size 384` keeps the detail, with 5.8x" in why
+    assert choose_size([(512, 384)] * 3, cuda=True)[0] == 256
+    side, why = choose_size([(200, 150)] * 3)  # larger than 128, smaller than the photo side: as it is
+    assert side == 150 and "photos are cached as they are, up to 160px" in why
     assert choose_size([(80, 80), (72, 72), (88, 88)])[0] == 96  # a median of 80: halves round up
     side, _ = choose_size([(20, 12), (24, 30), (33, 33)])  # mixed and tiny: at least one step
     assert side == 32
+
+
+def test_other_shapes_keep_their_aspect_the_centre_square_resized(tmp_path):
+    from comp.cache import load_rgb
+
+    pixels = np.zeros((20, 60, 3), np.uint8)  # 60 wide, 20 high: left third red, middle green, right blue
+    pixels[:, :20, 0] = pixels[:, 20:40, 1] = pixels[:, 40:, 2] = 255
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    cropped = load_rgb(tmp_path / "wide.png", 10, "crop")
+    inner = cropped[:, 1:-1]  # the resize filter reads a pixel beyond the square at its two edges
+    assert cropped.shape == (10, 10, 3) and (inner[..., 1] == 255).all() and inner[..., [0, 2]].max() == 0
+    squashed = load_rgb(tmp_path / "wide.png", 10, "squash")  # comp's preparations before 2026-12-08
+    assert squashed[:, 0, 0].min() == 255 and squashed[:, -1, 2].min() == 255
 
 
 def test_mixed_sizes_are_cached_at_the_default_and_say_why(tmp_path, workdir):
@@ -154,10 +170,11 @@ def test_mixed_sizes_are_cached_at_the_default_and_say_why(tmp_path, workdir):
     make_competition(root, "folders", per_class=4)
     rng = np.random.default_rng(2)
     for i, path in enumerate(sorted((root / "train").rglob("*.png"))):
-        write_image(path, np.asarray(Image.fromarray(class_image(0, 3, 16, rng)).resize((40 + 9 * i, 50))))
+        write_image(path, np.asarray(Image.fromarray(class_image(0, 3, 16, rng)).resize((40 + 9 * i, 30 + 11 * i))))
     summary = run_prepare(root, workdir, folds=2)
     assert summary["image_size"] == 96 and summary["image_size_reason"].startswith("sizes are mixed")
-    assert load_prepared(workdir).train_images.shape[1:] == (96, 96, 3)  # median 89.5
+    assert summary["fit"] == "crop"
+    assert load_prepared(workdir).train_images.shape[1:] == (96, 96, 3)  # median short side 89.5
 
 
 def test_duplicates_are_reported(tmp_path, workdir):

