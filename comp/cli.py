@@ -14,8 +14,8 @@ STARTED = time.monotonic()  # a --budget counts from here: imports and data load
 
 
 def _prepare(args):
-    from .data import LayoutOverrides
-    from .folds import PrepareOptions, prepare
+    from .prepare.layout import LayoutOverrides
+    from .prepare.folds import PrepareOptions, prepare
 
     overrides = LayoutOverrides(args.train_csv, args.val_csv, args.id_col, args.label_col, args.image_dir,
                                 args.val_image_dir, args.test_dir, args.sample_submission, args.ext,
@@ -30,8 +30,8 @@ def _train(args):
 
         print_archs()
         return
-    from .train import show_plan, train
-    from .train_config import config_from_args
+    from .train.trainer import show_plan, train
+    from .train.config import config_from_args
 
     fold = -1 if args.fold == "all" else _int(args.fold, "--fold")
     (show_plan if args.plan else train)(config_from_args(args, fold, STARTED))
@@ -48,32 +48,32 @@ def _int(value, flag):
 
 
 def _blend(args):
-    from .blend import BlendOptions, blend
+    from .blend.blend import BlendOptions, blend
 
     blend(BlendOptions(args.method, args.runs, args.name, args.top, args.temperature, args.metric, args.workdir))
 
 
 def _report(args):
-    from .report import ReportOptions, report
+    from .blend.report import ReportOptions, report
 
     report(ReportOptions(args.runs, args.run, args.methods, args.out, args.workdir))
 
 
 def _predict(args):
-    from .predict import predict_run
+    from .train.predict import predict_run
 
     folds = None if args.fold == "all" else [_int(args.fold, "--fold")]
     predict_run(args.workdir, args.run, args.tta, folds, args.name, args.device, force=args.force)
 
 
 def _submit(args):
-    from .submit import submit
+    from .blend.submit import submit
 
     submit(args.csv, args.competition, args.message, args.dry_run, args.workdir)
 
 
 def _export(args):
-    from .bundle import ExportOptions, export
+    from .deploy.bundle import ExportOptions, export
 
     export(ExportOptions(args.name, args.runs, args.method, args.top, args.temperature, args.metric, args.out,
                          args.half, args.zip, args.wheels, args.pin or [], args.find_links or [], args.force,
@@ -81,14 +81,14 @@ def _export(args):
 
 
 def _infer(args):
-    from .infer import InferOptions, infer
+    from .deploy.infer import InferOptions, infer
 
     infer(InferOptions(args.bundle, args.images, args.ids, args.out, args.skip_bad, args.batch_size, args.device,
                        args.precision, args.logits))
 
 
 def _download(args):
-    from .submit import download
+    from .blend.submit import download
 
     download(args.competition, args.path)
 
@@ -106,8 +106,8 @@ def _demo(args):
 
 
 def _tune(args):
-    from .distributed import refuse_torchrun
-    from .tune import TuneOptions, tune
+    from .train.distributed import refuse_torchrun
+    from .tune.search import TuneOptions, tune
 
     refuse_torchrun("tune")
     tune(TuneOptions(args.arch, args.trials, args.fold, args.workdir, args.storage, args.study, args.space,
@@ -116,8 +116,8 @@ def _tune(args):
 
 
 def _grid(args):
-    from .distributed import refuse_torchrun
-    from .grid import grid
+    from .train.distributed import refuse_torchrun
+    from .tune.grid import grid
 
     refuse_torchrun("grid")
     recipe = {k: getattr(args, k) for k in ("epochs", "batch_size", "aug", "tta", "patience")}
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[workdir], help="train one fold (or all) of one architecture",
                        description="Train one fold (or all) of one architecture. Under `torchrun --nproc-per-node N "
                        "-m comp train ...` one run trains with DistributedDataParallel on N processes/GPUs "
-                       "(see comp/distributed.py); --batch-size is then the global batch.")
+                       "(see comp/train/distributed.py); --batch-size is then the global batch.")
     _add_train_args(p)
     p.set_defaults(func=_train)
 
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "its OOF score is then optimistic for runs trained with --params best")
     p.add_argument("--storage", help="Optuna URL or journal:PATH (default sqlite:///<workdir>/tune.db)")
     p.add_argument("--study", help="study name (default <arch>-fold<K>); workers with one name share it")
-    p.add_argument("--space", help="YAML/TOML search space overrides (see comp/tune_space.py)")
+    p.add_argument("--space", help="YAML/TOML search space overrides (see comp/train/params.py)")
     p.add_argument("--pruner", default="median", choices=["median", "halving", "none"],
                    help="stop poor trials early: median (below the median at the same share of their epochs), "
                         "halving (successive halving), none (default median)")
@@ -382,8 +382,8 @@ def main(argv=None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
         signal.signal(signal.SIGTERM, _raise_terminated)
     code = _run(args)
-    if "comp.distributed" in sys.modules:  # under torchrun: end every rank together (see exit_process)
-        return sys.modules["comp.distributed"].exit_process(code)
+    if "comp.train.distributed" in sys.modules:  # under torchrun: end every rank together (see exit_process)
+        return sys.modules["comp.train.distributed"].exit_process(code)
     return code
 
 

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .blend import BlendOptions, blend
-from .folds import PrepareOptions, prepare
+from .blend.blend import BlendOptions, blend
 from .io import CompError, atomic_path, read_json, write_csv
-from .train import TrainConfig, train
+from .prepare.folds import PrepareOptions, prepare
+from .train.trainer import TrainConfig, train
 
 DEMO_ARCHS = ("simple_cnn", "custom_cnn")
 

@@ -124,6 +124,17 @@ def plain_name(name: str, flag: str) -> str:
     return name
 
 
+def sha256(path) -> str:
+    """The file's sha256, read in 1 MB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def path_inside(root: Path, rel: str, named_in: str) -> Path:
     """root/rel, refused unless it resolves inside root: a bundle names only its own files (no '..', no
     absolute path, no link that leads out), so loading one never reads or hashes a file elsewhere."""

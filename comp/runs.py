@@ -50,16 +50,6 @@ def check_adoptable(config: dict, path: Path, split: str, budget_chose_net: bool
                         f"net too: pass --name NAME to train the planned run apart, or --force to train that fold again")
 
 
-def recipe_differs(trained: dict, asked: dict) -> str:
-    """'lr=0.5 (asked 0.8), ...' for each recipe value asked for (not None) that a fold's saved config
-    (`trained`) holds otherwise; '' when they agree. Only the recipe counts: device "auto" resolves to
-    "cpu" and is no difference."""
-    from .recipe import RECIPE_FIELDS
-
-    return ", ".join(f"{k}={trained.get(k)!r} (asked {v!r})" for k, v in asked.items()
-                     if k in RECIPE_FIELDS + ("arch",) and v is not None and k in trained and trained[k] != v)
-
-
 def process_gone(host: str, pid: int) -> bool:
     """True only when the process is known to be gone: on this host, and os.kill(pid, 0) finds no such pid.
     Another machine's process (a shared workdir), or any on Windows, counts as running."""

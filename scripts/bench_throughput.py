@@ -4,7 +4,7 @@ and E, this machine's unit of CPU cost.
     python scripts/bench_throughput.py --workdir WORKDIR [--arch A] [--steps 20] [--rounds 2]
 
 WORKDIR must hold a `comp prepare` output (e.g. CIFAR-10). The recipe is the planner's for
-fold 0 (comp/recipe.py; --arch: the planner's choice when not given). The bare loop trains on
+fold 0 (comp/train/recipe.py; --arch: the planner's choice when not given). The bare loop trains on
 preloaded, normalised float tensors with no augmentation, no validation and no checkpoints;
 `comp train` is the real trainer (its images/s counts only its training steps, augmentation
 included). The two alternate `--rounds` times in one process so that machine noise hits both.
@@ -27,19 +27,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from comp.feed import Images  # noqa: E402
-from comp.folds import load_prepared  # noqa: E402
+from comp.train.feed import Images  # noqa: E402
+from comp.prepare.folds import load_prepared  # noqa: E402
 from comp.models import create_model  # noqa: E402
-from comp.optim import build_optimizer  # noqa: E402
-from comp.recipe import DataShape, plan  # noqa: E402
-from comp.train import TrainConfig, autocast, data_shape, pick_device, pick_precision, train_fold  # noqa: E402
+from comp.train.optim import build_optimizer  # noqa: E402
+from comp.train.recipe import DataShape, plan  # noqa: E402
+from comp.train.trainer import TrainConfig, autocast, data_shape, pick_device, pick_precision, train_fold  # noqa: E402
 
 E_IMAGES = 40_000  # E: one bare-loop fastnet epoch over this many 32px images
 
 
 def train_step(arch, images, labels, num_classes, batch, device, precision, recipe, before_step=None):
     """A plain training step on `batch` random rows of preloaded images (`recipe`: a planned recipe,
-    plan(...).values); before_step() is called first (bench_concurrent: comp.cpu_share)."""
+    plan(...).values); before_step() is called first (bench_concurrent: comp.train.cpu_share)."""
     model = create_model(arch, num_classes=num_classes, img_size=images.shape[-1],
                          **recipe.get("model_kwargs", {})).to(device)
     model = model.to(memory_format=torch.channels_last)

@@ -3,7 +3,7 @@
     python scripts/bench_tta.py --workdir WORK --run NAME [--shifts 1 2 4]
 
 Each complete fold's saved model predicts its held-out images once per view: plain, mirrored, and
-both of them shifted by -s and +s px on each axis for every s of --shifts (comp.tta.tta_views,
+both of them shifted by -s and +s px on each axis for every s of --shifts (comp.train.tta.tta_views,
 reflect padding). No retraining, so every row below comes from the same weights. Prints one result
 line: OOF accuracy and macro-F1 over all the run's held-out images without TTA, with flip, and
 with flip+shift at each shift (comp's flip+shift shifts 1 px).
@@ -19,13 +19,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from comp.tta import combine_views, tta_views  # noqa: E402
-from comp.feed import autocast  # noqa: E402
-from comp.folds import load_prepared  # noqa: E402
+from comp.train.tta import combine_views, tta_views  # noqa: E402
+from comp.train.feed import autocast  # noqa: E402
+from comp.prepare.folds import load_prepared  # noqa: E402
 from comp.io import read_json  # noqa: E402
-from comp.predict import fold_model_and_feed  # noqa: E402
+from comp.train.predict import fold_model_and_feed  # noqa: E402
 from comp.runs import is_complete, runs_root  # noqa: E402
-from comp.train import scores  # noqa: E402
+from comp.train.trainer import scores  # noqa: E402
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ train_start=$(date +%s)
 comp train --fold all --budget "$budget" --name planned --device "$DEVICE" --force 2>&1 | quiet
 train_seconds=$(( $(date +%s) - train_start ))
 comp blend --method soft --runs planned --name gpu_check_planned
-share=$("$PYTHON" -c "import pandas as pd; from comp.recipe import parse_budget
+share=$("$PYTHON" -c "import pandas as pd; from comp.train.recipe import parse_budget
 print(f'{parse_budget(\"$budget\") / pd.read_csv(\"$work/folds/folds.csv\").fold.nunique():.0f}s')")
 for arch in ${HAND_ARCHS:-}; do
   comp train --fold 0 --arch "$arch" --budget "$share" --name "hand_$arch" --device "$DEVICE" --force 2>&1 | quiet \

@@ -12,7 +12,6 @@ Prints a table and one result line.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from kill_prepare import ENV, comp, size_of
+from kill_prepare import ENV, comp, parse_args, size_of
 
 
 def leftovers(workdir: Path) -> list[Path]:
@@ -36,13 +35,8 @@ def timed(workdir: Path, args: list[str]) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the competition zip (e.g. tiny100.zip)")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--kills", type=int, default=6)
-    args = parser.parse_args()
-    workdir = Path(args.workdir).resolve()
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    args, workdir = parse_args(__doc__, kills=6)
+    (workdir / "tmp").mkdir(exist_ok=True)
     if not (workdir / "folds" / "prepare.json").exists():
         comp(workdir, "prepare", "--data", args.data)
     if not list((workdir / "runs").glob("*/fold0/metrics.json")):

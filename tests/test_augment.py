@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comp.augment import AUGMENTATIONS, default_aug, parse_aug
-from comp.tta import TTA_MODES, tta_views
-from comp.augment_albu import AlbuImageDataset, build_albu_transform
+from comp.train.augment import AUGMENTATIONS, default_aug, parse_aug
+from comp.train.tta import TTA_MODES, tta_views
+from comp.train.augment_albu import AlbuImageDataset, build_albu_transform
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 B, C, H, W = 64, 3, 16, 16

@@ -17,10 +17,10 @@ from PIL import Image
 from conftest import make_competition, write_image, zip_folder
 
 import comp
-from comp.blend import BlendOptions, fit_blend
+from comp.blend.blend import BlendOptions, fit_blend
 from comp.cli import main
 from comp.io import CompError
-from comp.wheels import INFER_DISTS, collect_wheels, pinned
+from comp.deploy.wheels import INFER_DISTS, collect_wheels, pinned
 
 CLASSES = ["plane", "car", "bird"]
 COLUMNS = sorted(CLASSES)  # the label map orders classes naturally
@@ -203,7 +203,7 @@ def test_other_sizes_and_modes_are_converted_like_prepare(bundle, tmp_path, caps
 def test_the_note_on_unseen_sizes_lists_three():
     from collections import Counter
 
-    from comp.infer import _some
+    from comp.deploy.infer import _some
 
     sizes = Counter({"640x480": 5, "320x240": 2, "800x600": 1, "100x90": 1})
     assert _some(sizes, "size") == "9 images of 4 sizes (640x480: 5, 320x240: 2, 800x600: 1, ...)"
@@ -286,7 +286,7 @@ def test_wheel_set_is_pinned_and_only_what_infer_imports(tmp_path):
 
 
 def test_import_comp_stays_cheap_and_infer_imports_no_training_packages():
-    code = ("import sys, comp; assert 'torch' not in sys.modules; import comp.infer, comp.bundle; "
+    code = ("import sys, comp; assert 'torch' not in sys.modules; import comp.deploy.infer, comp.deploy.bundle; "
             "heavy = {m.split('.')[0] for m in sys.modules} & {'optuna', 'matplotlib', 'albumentations', 'timm', "
             "'cv2', 'tensorboard', 'kaggle'}; assert not heavy, heavy; assert callable(comp.load_bundle)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(comp.__file__).resolve().parent.parent)

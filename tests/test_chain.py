@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from conftest import make_competition, zip_folder
 
-from comp.blend import BlendOptions, blend
+from comp.blend.blend import BlendOptions, blend
 from comp.cli import main
-from comp.folds import PrepareOptions, load_prepared, prepare
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError, read_json, write_json, write_npz
 from comp.labels import LabelMap, build_label_map, natural_sorted
-from comp.submit import has_credentials, validate_submission
+from comp.blend.submit import has_credentials, validate_submission
 
 NUMERIC_CLASSES = [str(i) for i in range(12)]  # text order 0,1,10,11,2,... differs from numeric
 

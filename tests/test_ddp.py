@@ -13,9 +13,9 @@ import pytest
 import torch.distributed as dist
 from conftest import make_competition
 
-from comp.distributed import (all_reduce_mean, all_reduce_sum, broadcast_object, exit_process, init_from_env,
+from comp.train.distributed import (all_reduce_mean, all_reduce_sum, broadcast_object, exit_process, init_from_env,
                               local_batch_size, run_on_main, shard)
-from comp.folds import PrepareOptions, load_prepared, prepare
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError
 
 
@@ -55,7 +55,7 @@ def test_single_process_has_no_process_group(monkeypatch):
 def test_an_error_on_rank_0_travels_as_its_own_class():
     """The other ranks re-raise what run_on_main broadcasts: a busy fold must stay RunBusy there, so that
     `--fold all` skips it on every rank rather than failing on all but rank 0."""
-    from comp.distributed import _portable
+    from comp.train.distributed import _portable
     from comp.runs import RunBusy
 
     busy = _portable(RunBusy("runs/x/fold0 is locked by host 123"))

@@ -20,13 +20,13 @@ import pytest
 from conftest import make_competition
 from PIL import Image
 
-from comp import plots, staging
-from comp.cache import duplicate_report, load_rgb
+from comp.blend import plots
+from comp.prepare.cache import duplicate_report, load_rgb
 from comp.cli import build_parser, main
-from comp.folds import PrepareOptions, assign_folds, folds_dir, load_prepared, prepare
+from comp.prepare.folds import PrepareOptions, assign_folds, folds_dir, load_prepared, prepare
 from comp.io import CompError
 from comp.runs import fold_dir, oof_label_use, run_label_use
-from comp.tune import tuned_fields
+from comp.train.tuned import tuned_fields
 
 
 def _prepare(root: Path, workdir: Path, **kwargs) -> dict:
@@ -78,16 +78,16 @@ def test_prepare_failing_midway_keeps_the_previous_preparation(tmp_path, workdir
     make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
     _prepare(tmp_path / "data", workdir)
     before = {p.name: p.read_bytes() for p in folds_dir(workdir).iterdir() if p.is_file()}
-    import comp.cache
+    import comp.prepare.cache
 
-    real = comp.cache.build_cache
+    real = comp.prepare.cache.build_cache
 
     def killed_in_test_decode(paths, size, out_path, desc, *more):
         if "test" in desc:
             raise KeyboardInterrupt
         return real(paths, size, out_path, desc, *more)
 
-    monkeypatch.setattr(comp.cache, "build_cache", killed_in_test_decode)
+    monkeypatch.setattr(comp.prepare.cache, "build_cache", killed_in_test_decode)
     with pytest.raises(KeyboardInterrupt):
         _prepare(tmp_path / "data", workdir, seed=7)
     after = {p.name: p.read_bytes() for p in folds_dir(workdir).iterdir() if p.is_file()}
@@ -169,12 +169,12 @@ def test_bad_size_and_missing_gpu_are_one_line_errors(tmp_path, workdir, capsys)
 
 
 def test_unexpected_errors_are_one_line_unless_debug(workdir, monkeypatch, capsys):
-    import comp.blend
+    import comp.blend.blend
 
     def broken(opts):
         raise RuntimeError("something\nunforeseen")
 
-    monkeypatch.setattr(comp.blend, "blend", broken)
+    monkeypatch.setattr(comp.blend.blend, "blend", broken)
     assert main(["blend"]) == 2
     assert "RuntimeError: something unforeseen" in _error_line(capsys)
     with pytest.raises(RuntimeError):
@@ -243,7 +243,7 @@ def test_unlisted_test_images_spaced_class_names_and_conflicting_duplicates(tmp_
 def test_another_seed_says_how_many_runs_it_invalidates(tmp_path, workdir, capsys):
     make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
     _prepare(tmp_path / "data", workdir)
-    from comp.folds import current_split
+    from comp.prepare.folds import current_split
 
     for fold in range(2):
         run = fold_dir(workdir, "old", fold)
@@ -305,7 +305,7 @@ def test_duplicates_stay_in_one_fold_and_other_splits_are_unchanged():
 def test_fold_all_does_not_adopt_folds_of_another_split_and_damaged_json_is_named(tmp_path, workdir, capsys):
     make_competition(tmp_path / "data", "cifar", per_class=4, size=16)
     _prepare(tmp_path / "data", workdir)
-    from comp.folds import current_split
+    from comp.prepare.folds import current_split
 
     old = current_split(workdir)
     for fold in range(2):  # complete folds of the first split
@@ -361,7 +361,7 @@ def test_ctrl_c_says_what_running_the_command_again_does(capsys):
 def test_cpu_trainings_share_the_cores(tmp_path, monkeypatch):
     import torch
 
-    from comp import cpu_share
+    from comp.train import cpu_share
 
     monkeypatch.setattr(cpu_share, "REGISTRY", tmp_path / "registry")
     monkeypatch.setattr(cpu_share, "CHECK_EVERY", 0.0)

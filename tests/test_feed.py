@@ -11,10 +11,10 @@ from conftest import make_competition
 from PIL import Image
 
 from comp.cli import main
-from comp.feed import make_feed
-from comp.folds import PrepareOptions, load_prepared, prepare
+from comp.train.feed import make_feed
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError
-from comp.train import TrainConfig, train, train_fold
+from comp.train.trainer import TrainConfig, train, train_fold
 
 
 def make_data(tmp_path):
@@ -113,7 +113,7 @@ def test_an_interrupted_albu_run_resumes_bit_exact(workdir, no_cache):
 
 
 def test_albu_order_and_augmentation_follow_seed_and_epoch():
-    from comp.feed import SeededOrder
+    from comp.train.feed import SeededOrder
 
     first, again, later = (list(SeededOrder(50, 7, epoch)) for epoch in (1, 1, 2))
     assert first == again and first != later and sorted(i for i, _ in first) == list(range(50))
@@ -166,7 +166,7 @@ def test_workers_draw_different_augmentations(workdir, no_cache):
     feed = make_feed("albu", load_prepared(workdir), torch.device("cpu"), stats=([0.5] * 3, [0.25] * 3),
                      train_rows=np.arange(4), workers=2)
     path = feed.paths("train")[0]
-    from comp.feed import SeededOrder
+    from comp.train.feed import SeededOrder
 
     loader = feed.loader([path] * 4, [0] * 4, feed.transform("jitter:0.5"), batch_size=1, order=SeededOrder(4, 0))
     images = [x for x, _ in loader]  # the same file four times, two images from each worker

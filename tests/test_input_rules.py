@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,10 @@ from PIL import Image, ImageOps
 
 from conftest import class_image, make_competition, write_image
 
-from comp import staging
-from comp.cache import load_rgb
+from comp.prepare import staging
+from comp.prepare.cache import load_rgb
 from comp.cli import main
-from comp.folds import PrepareOptions, load_prepared, prepare
-from comp.io import CompError
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +54,7 @@ def test_a_column_between_id_and_label_keeps_the_samples_values(tmp_path, workdi
     written = pd.read_csv(workdir / "submissions" / "b.csv", dtype=str)
     assert list(written.columns) == ["id", "Usage", "label"]
     assert list(written.Usage) == ["Public", "Private"] * 6  # the sample's own column, untouched
-    from comp.blend import BlendOptions, fit_blend
+    from comp.blend.blend import BlendOptions, fit_blend
 
     fitted = fit_blend(BlendOptions("soft", workdir=str(workdir)))
     predicted = fitted.label_map.decode(fitted.blender.predict(fitted.aligned.test_logits).argmax(1))
@@ -198,7 +196,7 @@ def test_an_id_that_matches_two_files_is_refused(tmp_path, workdir, capsys):
 
 def test_infer_reads_images_by_the_same_rule_as_prepare(tmp_path, capsys):
     """F14/F15: comp infer --images DIR takes .jfif/.jpe files and images in sub-folders, like a zip of them."""
-    from comp.infer import image_table
+    from comp.deploy.infer import image_table
 
     folder = tmp_path / "imgs"
     (folder / "more").mkdir(parents=True)
@@ -248,9 +246,9 @@ def test_a_bundle_naming_files_outside_it_is_refused(small_workdir, tmp_path, ca
         assert main(["infer", str(bundle), "--images", str(images)]) == 2
         assert f"manifest.json: names {rel!r}, which lies outside" in _one_line_error(capsys)
     # a manifest that checks out, with bundle.json naming the file outside: refused before anything loads it
-    from comp.bundle import _write_manifest
+    from comp.deploy.manifest import write_manifest
 
-    _write_manifest(bundle)
+    write_manifest(bundle)
     assert main(["infer", str(bundle), "--images", str(images)]) == 2
     assert "bundle.json: names '../outside.pt', which lies outside" in _one_line_error(capsys)
 
@@ -314,11 +312,11 @@ def _sigterm_during(module: str, function: str, args: list[str], tmp: Path) -> s
 def test_sigterm_during_export_and_infer_leaves_no_temporary(small_workdir, tmp_path):
     bundles, tmp = small_workdir / "bundles", tmp_path / "tmp"
     tmp.mkdir()
-    done = _sigterm_during("bundle", "_write_manifest", ["--workdir", str(small_workdir), "export", "t"], tmp)
+    done = _sigterm_during("deploy.bundle", "write_manifest", ["--workdir", str(small_workdir), "export", "t"], tmp)
     assert done.returncode == 143 and "terminated (SIGTERM)" in done.stderr, done.stderr
     assert not (bundles / "t").exists() and not [p for p in bundles.iterdir() if ".tmp-" in p.name]
     _export(small_workdir, bundles / "z", "--zip", "--force")
-    done = _sigterm_during("infer", "image_table", ["infer", str(bundles / "z.zip"), "--images",
+    done = _sigterm_during("deploy.infer", "image_table", ["infer", str(bundles / "z.zip"), "--images",
                                                    str(small_workdir.parent / "c" / "test"), "--out",
                                                    str(tmp_path / "s.csv")], tmp)
     assert done.returncode == 143, done.stderr

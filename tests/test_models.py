@@ -199,7 +199,7 @@ def test_fastnet_s2d_keeps_the_24_directions_of_most_variance():
 @pytest.mark.parametrize("size", [75, 99, 363])
 def test_fastnet_s2d_pads_a_side_its_fold_does_not_divide(size):
     """The planner folds 75px by 2 and 363px by 8: the edge is repeated up to the next multiple, not a crash."""
-    from comp.recipe import DataShape, default_arch
+    from comp.train.recipe import DataShape, default_arch
 
     arch, kwargs, _ = default_arch(DataShape(size, 100, NUM_CLASSES))
     model = create_model(arch, img_size=size, **kwargs).eval()
@@ -214,7 +214,7 @@ def test_fastnet_s2d_pads_a_side_its_fold_does_not_divide(size):
 
 
 def test_weights_of_another_net_are_refused_by_name():
-    from comp.checkpoint import load_weights
+    from comp.train.checkpoint import load_weights
     from comp.io import CompError
 
     state = create_model("fastnet", img_size=32).state_dict()
@@ -234,7 +234,7 @@ def test_fastnet_freezes_whitening_bias_after_epoch_3():
 def test_fastnet_shapes_and_recipe():
     assert len(create_model("fastnet", img_size=32).groups) == 3
     assert len(create_model("fastnet", img_size=64).groups) == 4
-    from comp.recipe import FASTNET_SGD_RECIPE
+    from comp.models.fastnet import FASTNET_SGD_RECIPE
 
     sgd = FASTNET_SGD_RECIPE  # airbench94
     assert sgd["lr"] == pytest.approx(11.5 / (1 + 1 / 0.15))  # 1.5
@@ -414,7 +414,7 @@ def test_fastnet_whitening_of_a_constant_colour_channel_keeps_gradients_small():
     torch.manual_seed(0)
     rgb = torch.rand(64, 3, 32, 32)
     rgb[:, 2] = 37 / 255
-    mean, std = rgb.mean((0, 2, 3)), rgb.std((0, 2, 3)).clamp_min(1e-3)  # as comp.feed.Images normalises
+    mean, std = rgb.mean((0, 2, 3)), rgb.std((0, 2, 3)).clamp_min(1e-3)  # as comp.train.feed.Images normalises
     images = (rgb - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     model = create_model("fastnet", img_size=32)
     _prepare(model, images)
@@ -426,9 +426,9 @@ def test_fastnet_whitening_of_a_constant_colour_channel_keeps_gradients_small():
 
 def test_fastnet_loads_weights_of_a_run_whose_whitening_kept_48_directions(monkeypatch, tmp_path):
     """Runs trained before MAX_WHITEN_DIRECTIONS was 24 still predict the same; they refuse to resume."""
-    from comp import checkpoint
+    from comp.train import checkpoint
     from comp.io import CompError
-    from comp.optim import Lookahead, Plateau, build_optimizer
+    from comp.train.optim import Lookahead, Plateau, build_optimizer
     import comp.models.fastnet as fastnet_module
 
     images = _correlated_images(n=8, size=64)
@@ -451,7 +451,7 @@ def test_fastnet_loads_weights_of_a_run_whose_whitening_kept_48_directions(monke
 
 def test_fastnet_s2d_deep_loads_weights_of_a_run_at_its_old_widths(tmp_path):
     """fastnet_s2d_deep's runs from before its last group was 384 wide (64/192/192) still predict the same."""
-    from comp import checkpoint
+    from comp.train import checkpoint
 
     images = _correlated_images(n=8, size=64)
     old = create_model("fastnet_s2d_deep", img_size=64, widths=(64, 192, 192)).eval()

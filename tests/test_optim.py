@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from test_train import prepared_workdir
 
 from comp.models import create_model
-from comp.optim import Lookahead, Muon, build_optimizer, lr_multiplier, orthogonalize
-from comp.train import TrainConfig, train
+from comp.train.optim import Lookahead, Muon, build_optimizer, lr_multiplier, orthogonalize
+from comp.train.trainer import TrainConfig, train
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64), (32, 32)])

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from conftest import class_image, make_competition, write_image, zip_folder
 
-from comp.data import LayoutOverrides
-from comp.folds import PrepareOptions, load_prepared, prepare
+from comp.prepare.layout import LayoutOverrides
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError
 
 
@@ -137,7 +137,7 @@ def test_modes_and_sizes_are_normalised(tmp_path, workdir, capsys):
 
 
 def test_default_size_is_the_common_short_side_or_the_median_of_mixed_ones_and_photos_are_cached_larger():
-    from comp.cache import choose_size
+    from comp.prepare.cache import choose_size
 
     assert choose_size([(32, 32)] * 9 + [(40, 30)]) == (32, "the most common short side (9 of 10 images)")
     side, why = choose_size([(50 + 3 * i, 40 + 2 * i) for i in range(20)])  # photos: every size different
@@ -153,7 +153,7 @@ def test_default_size_is_the_common_short_side_or_the_median_of_mixed_ones_and_p
 
 
 def test_other_shapes_keep_their_aspect_the_centre_square_resized(tmp_path):
-    from comp.cache import load_rgb
+    from comp.prepare.cache import load_rgb
 
     pixels = np.zeros((20, 60, 3), np.uint8)  # 60 wide, 20 high: left third red, middle green, right blue
     pixels[:, :20, 0] = pixels[:, 20:40, 1] = pixels[:, 40:, 2] = 255

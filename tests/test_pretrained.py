@@ -3,7 +3,6 @@ normalisation, the planner's choice with and without weights, photo layouts and 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,10 +13,10 @@ from conftest import class_image, make_competition, write_image
 
 from comp import weights as weights_mod
 from comp.cli import main
-from comp.io import CompError
+from comp.io import CompError, sha256
 from comp.models import create_model
 from comp.models.pretrained import load_into
-from comp.recipe import DataShape, finetune_ladder, finetune_size, plan
+from comp.train.recipe import DataShape, finetune_ladder, finetune_size, plan
 
 HEAD = ("classifier.",)
 
@@ -106,7 +105,7 @@ def test_weights_sources_cache_wheel_and_hub(tmp_path, monkeypatch):
     model = create_model("mobilenetv2", num_classes=3, img_size=96, pretrained=True)
     assert ("mobilenetv2_100", True) in fetched and model.weights_record["source"] == "hub"
     cached = tmp_path / "cache" / "mobilenetv2.pth"
-    assert cached.is_file() and model.weights_record["sha256"] == weights_mod.sha256(cached)
+    assert cached.is_file() and model.weights_record["sha256"] == sha256(cached)
     assert weights_mod.available_backbones() == ["mobilenetv2"]
     again = create_model("mobilenetv2", num_classes=3, img_size=96, pretrained=True)
     assert again.weights_record["source"] == "cache" and [p for _, p in fetched].count(True) == 1  # no second
@@ -132,7 +131,7 @@ def test_wheel_weights_are_found_without_importing_the_wheel(tmp_path, monkeypat
 
 
 def test_the_planner_chooses_pretrained_for_photos_with_weights_and_says_why(monkeypatch):
-    from comp import budget
+    from comp.train import budget
 
     shape = DataShape(160, 2268, 10)
     rates = {"mobilenetv2": 86, "effnet_lite0": 50, "effnet_lite1": 30, "effnet_lite2": 20}  # img/s, as timed
@@ -164,6 +163,21 @@ def _named_net(name, **kwargs):
     net = torch.nn.Linear(1, 1)
     net.arch = name
     return net
+
+
+def test_without_a_budget_photos_get_a_pretrained_net_when_weights_are_here(monkeypatch):
+    photos, small = DataShape(160, 2000, 10), DataShape(32, 40_000, 10)
+    assert plan(photos, {}).values["arch"] == "fastnet_s2d_deep"  # no weights here (the suite ignores wheels)
+    monkeypatch.setattr("comp.weights.available_backbones", lambda: ["mobilenetv2", "effnet_lite0"])
+    planned = plan(photos, {})
+    assert planned.values["arch"] == "effnet_lite0" and "ImageNet weights here" in planned.reasons["arch"]
+    assert planned.values["model_kwargs"] == {"pretrained": True, "train_size": 128, "freeze_bn": True}
+    assert plan(small, {}).values["arch"] == "fastnet"  # 32px: below PHOTO_MIN_SIZE
+    assert plan(small, {}, model_kwargs={"pretrained": True}).values["arch"] == "effnet_lite0"  # --pretrained
+    scratch = plan(photos, {}, model_kwargs={"pretrained": False})  # --no-pretrained
+    assert scratch.values["arch"] == "fastnet_s2d_deep" and scratch.values["model_kwargs"]["pretrained"] is False
+    with pytest.raises(CompError, match="--train-size is the side a pretrained net trains at"):
+        plan(small, {}, model_kwargs={"train_size": 64})
 
 
 def test_finetune_ladder_and_sizes():
@@ -199,7 +213,7 @@ def test_a_finetuned_run_uses_the_backbones_normalisation_and_records_its_weight
 
 
 def test_random_resized_crops_differ_per_image_and_come_out_at_the_training_size():
-    from comp.augment import parse_aug
+    from comp.train.augment import parse_aug
 
     x = torch.arange(2 * 3 * 40 * 40, dtype=torch.float32).reshape(2, 3, 40, 40).repeat(4, 1, 1, 1)
     out, _ = parse_aug("rrc:0.3", torch.Generator().manual_seed(0), out_size=32)(x, torch.zeros(8, dtype=torch.long))
@@ -210,7 +224,7 @@ def test_random_resized_crops_differ_per_image_and_come_out_at_the_training_size
 
 
 def test_the_head_learns_faster_than_the_backbone():
-    from comp.optim import build_optimizer
+    from comp.train.optim import build_optimizer
 
     model = create_model("mobilenetv2", num_classes=3, img_size=96)
     optimizer = build_optimizer(model, "adamw", 1e-3, 0.02, 0.9, 1.0)

@@ -12,14 +12,15 @@ from test_train import prepared_workdir
 
 import torch
 
-from comp.budget import TTA_SHARE, FoldClock, budget_for, fold_budgets, ladder_arch, margin
+from comp.train.budget import TTA_SHARE, FoldClock, budget_for, fold_budgets, ladder_arch, margin
 from comp.cli import main
-from comp.folds import load_prepared
+from comp.prepare.folds import load_prepared
 from comp.io import CompError
-from comp.predict import predict_run
+from comp.train.predict import predict_run
 from comp.runs import is_complete
-from comp.recipe import FASTNET_RECIPE, MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, arch_ladder, budget_arch, parse_budget, plan
-from comp.train import TrainConfig, show_plan, train, train_fold
+from comp.models.fastnet import FASTNET_RECIPE
+from comp.train.recipe import MUON_LR_FLOOR, SCARCE_EMA_DECAY, TRAIN_SHARE, DataShape, arch_ladder, budget_arch, parse_budget, plan
+from comp.train.trainer import TrainConfig, show_plan, train, train_fold
 
 
 def planned(size, n_train, classes, **given):
@@ -239,7 +240,7 @@ def test_a_resumed_budgeted_run_keeps_its_net(tmp_path, workdir, monkeypatch, ca
     def must_not_time(*args):
         raise AssertionError("a resumed run must not choose its net again")
 
-    monkeypatch.setattr("comp.budget.ladder_arch", must_not_time)
+    monkeypatch.setattr("comp.train.budget.ladder_arch", must_not_time)
     [metrics] = train(TrainConfig(**{**cfg, "budget": None}, resume=True))  # --resume alone finds the run too
     config = json.loads((run / "fold0" / "config.json").read_text())
     assert config["arch"] == started["arch"] and config["plan"]["arch"] == "the resumed run's"
@@ -270,9 +271,9 @@ def test_resume_continues_the_unfinished_run_not_a_complete_one(tmp_path, workdi
     prepared_workdir(tmp_path, workdir, per_class=12, size=16)
     monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
     cfg = dict(arch=None, fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the small budget's net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet", {}, "the small budget's net"))
     train(TrainConfig(**cfg))
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "a larger budget's net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "a larger budget's net"))
 
     def stop_in_epoch_3(row):
         if row["epoch"] == 3:
@@ -282,7 +283,7 @@ def test_resume_continues_the_unfinished_run_not_a_complete_one(tmp_path, workdi
         train_fold(TrainConfig(**{**cfg, "force": True}), load_prepared(workdir), on_epoch=stop_in_epoch_3)
     out = workdir / "runs" / "fastnet_l" / "fold0"
     assert (out / "checkpoint.pt").exists() and is_complete(workdir / "runs" / "fastnet" / "fold0")
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: pytest.fail("a resumed run must not choose again"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: pytest.fail("a resumed run must not choose again"))
     [metrics] = train(TrainConfig(**cfg, resume=True))
     config = json.loads((out / "config.json").read_text())
     assert config["arch"] == "fastnet_l" and config["plan"]["arch"] == "the resumed run's" and is_complete(out)
@@ -298,10 +299,10 @@ def test_a_hand_set_budget_run_is_not_the_ladders(tmp_path, workdir, monkeypatch
     cfg = dict(fold=0, workdir=str(workdir), budget=10.0, tta="none", val_every=1)
     train(TrainConfig(arch="fastnet", **cfg))
     assert is_complete(workdir / "runs" / "fastnet" / "fold0")
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "a larger budget's net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "a larger budget's net"))
     assert show_plan(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 40.0})).arch == "fastnet_l"
 
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the ladder's net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet", {}, "the ladder's net"))
     with pytest.raises(CompError, match="set by hand, and the budget chose that net too: pass --name"):
         train(TrainConfig(**{**cfg, "arch": None, "fold": -1, "budget": 40.0}))
     with pytest.raises(CompError, match="used up before fold 1"):  # by hand: fold 0 skipped, nothing left for fold 1
@@ -316,17 +317,17 @@ def test_fold_all_budget_plans_afresh_beside_a_single_fold_budget_run(tmp_path, 
     prepared_workdir(tmp_path, workdir, per_class=12, size=16)
     monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
     cfg = dict(arch=None, workdir=str(workdir), tta="none", val_every=1)
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "one fold's net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet_l", {}, "one fold's net"))
     train(TrainConfig(**cfg, fold=0, budget=10.0))
     assert is_complete(workdir / "runs" / "fastnet_l" / "fold0")
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the shares' net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet", {}, "the shares' net"))
     assert show_plan(TrainConfig(**cfg, fold=-1, budget=40.0)).arch == "fastnet"
 
 
 def test_resume_without_budget_gives_the_folds_not_started_the_runs_share(tmp_path, workdir, monkeypatch, capsys):
     prepared_workdir(tmp_path, workdir, per_class=12, size=16)
     monkeypatch.setattr(time, "monotonic", FakeClock(0.05))
-    monkeypatch.setattr("comp.budget.ladder_arch", lambda *a: ("fastnet", {}, "the shares' net"))
+    monkeypatch.setattr("comp.train.budget.ladder_arch", lambda *a: ("fastnet", {}, "the shares' net"))
     cfg = dict(arch=None, workdir=str(workdir), tta="none", val_every=1, batch_size=4)
 
     def stop_in_epoch_3(row):
@@ -380,7 +381,7 @@ def test_fold_all_again_after_the_budget_ran_out_keeps_the_started_run(tmp_path,
     [first] = train(TrainConfig(**cfg, budget_all=20.0))  # fold 0 of a `--fold all --budget 20s` that ran out
     [run] = (workdir / "runs").iterdir()
     started = json.loads((run / "fold0" / "config.json").read_text())
-    monkeypatch.setattr("comp.budget.ladder_arch",
+    monkeypatch.setattr("comp.train.budget.ladder_arch",
                         lambda *a: ("custom_cnn", {}, "another net, as a smaller budget could choose"))
     results = train(TrainConfig(**{**cfg, "fold": -1, "budget": 20.0}))
     assert len(results) == load_prepared(workdir).n_folds - 1  # fold 0 kept, the others trained

@@ -18,9 +18,9 @@ from conftest import make_competition
 from PIL import Image
 
 from comp.cli import main
-from comp.folds import PrepareOptions, load_prepared, prepare
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare
 from comp.io import CompError, write_csv, write_json, write_npz
-from comp.report import ReportOptions, confusion, report
+from comp.blend.report import ReportOptions, confusion, report
 
 CLASSES = ["cat", "dog", "frog"]
 SCALE = 4.0  # logit of the predicted class; the others are 0

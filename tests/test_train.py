@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from conftest import make_competition
 
-from comp.blend import BlendOptions, blend
-from comp.folds import PrepareOptions, prepare
+from comp.blend.blend import BlendOptions, blend
+from comp.prepare.folds import PrepareOptions, prepare
 from comp.io import CompError
 from comp.models import create_model
-from comp.recipe import MUON_LR_FLOOR
-from comp.train import TrainConfig, train
+from comp.train.recipe import MUON_LR_FLOOR
+from comp.train.trainer import TrainConfig, train
 
 
 def prepared_workdir(tmp_path, workdir, folds=2, **kw):
@@ -128,9 +128,9 @@ def test_bad_recipe_values_are_clear_errors(tmp_path, workdir):
 
 
 def test_resume_refuses_another_recipe_and_force_replaces_only_when_done(tmp_path, workdir):
-    from comp.folds import load_prepared
+    from comp.prepare.folds import load_prepared
     from comp.runs import is_complete
-    from comp.train import replacing_dir, train_fold
+    from comp.train.trainer import replacing_dir, train_fold
 
     prepared_workdir(tmp_path, workdir, per_class=6)
     out = workdir / "runs" / "custom_cnn" / "fold0"
@@ -163,7 +163,7 @@ def test_resume_refuses_another_recipe_and_force_replaces_only_when_done(tmp_pat
 def test_resume_compares_keys_older_checkpoints_lack_with_their_old_values(tmp_path):
     """A checkpoint written before `ema_decay` was recorded ran lookahead at 0.95: resuming it
     under a plan of 0.98 is refused, naming both values; the old value, or no config at all, resumes."""
-    from comp.checkpoint import BEFORE_RECORDED, check_resumable
+    from comp.train.checkpoint import BEFORE_RECORDED, check_resumable
 
     before = {"arch": "fastnet_s2d", "ema": True, "lr": 0.25}  # a config from before ema_decay existed
     with pytest.raises(CompError, match=r"ema_decay: 0\.95 -> 0\.98.*values on the left"):
@@ -194,7 +194,7 @@ def test_a_batch_larger_than_the_data_is_capped_and_its_lr_rescaled():
 
 
 def test_runs_from_another_split_are_refused(tmp_path, workdir):
-    from comp.predict import predict_run
+    from comp.train.predict import predict_run
 
     prepared_workdir(tmp_path, workdir, per_class=6)
     train(TrainConfig(arch="custom_cnn", fold=-1, workdir=str(workdir), epochs=1))
@@ -222,8 +222,8 @@ def test_val_every_skips_validation_but_not_the_last_epoch(tmp_path, workdir):
 
 def test_muon_and_altflip_train_fastnet_and_resume(tmp_path, workdir):
     """The airbench94_muon recipe end to end: Muon state and altflip survive a checkpoint."""
-    from comp.folds import load_prepared
-    from comp.train import train_fold
+    from comp.prepare.folds import load_prepared
+    from comp.train.trainer import train_fold
 
     prepared_workdir(tmp_path, workdir, per_class=12, size=32)
     cfg = dict(arch="fastnet", fold=0, workdir=str(workdir), epochs=3, batch_size=8, optimizer="muon",

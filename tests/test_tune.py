@@ -14,19 +14,20 @@ import pandas as pd
 import pytest
 from conftest import make_competition
 
-import comp.train
-from comp.augment import parse_aug
+import comp.train.trainer
+from comp.train.augment import parse_aug
 from comp.cli import build_parser, main
-from comp.train_config import config_from_args
-from comp.folds import PrepareOptions, load_prepared, prepare, split_fingerprint
-from comp.grid import grid
+from comp.train.config import config_from_args
+from comp.prepare.folds import PrepareOptions, load_prepared, prepare, split_fingerprint
+from comp.tune.grid import grid
 from comp.io import CompError
-from comp.recipe import DataShape, plan
+from comp.train.recipe import DataShape, plan
 from comp.runs import fold_dir, is_complete
-from comp.train import TrainConfig, train_fold
-from comp.tune import progress_steps, tuned_fields
-from comp.tune_space import build_space, load_space_file, params_to_fields, tuned_aug
-from comp.tune_study import TrialSeededSampler, open_study
+from comp.train.trainer import TrainConfig, train_fold
+from comp.train.tuned import tuned_fields
+from comp.tune.search import progress_steps
+from comp.train.params import build_space, load_space_file, params_to_fields, tuned_aug
+from comp.tune.study import TrialSeededSampler, open_study
 
 # fp32: CPU bf16 rounding would make the pruning test depend on the machine's kernels
 FAST = ["--precision", "fp32"]
@@ -344,7 +345,7 @@ def test_a_failed_trial_is_one_line(prepared, monkeypatch, capfd):
     def out_of_memory(cfg, prepared, on_epoch=None):
         raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
 
-    monkeypatch.setattr(comp.train, "train_fold", out_of_memory)
+    monkeypatch.setattr(comp.train.trainer, "train_fold", out_of_memory)
     assert main(["tune", "--arch", "simple_cnn", "--trials", "2", "--epochs", "1", *FAST]) == 2
     captured = capfd.readouterr()
     assert "trial 0 failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB" in captured.out
@@ -393,7 +394,7 @@ def test_grid_messages_name_what_grid_can_do(prepared, monkeypatch, capsys):
     def interrupted(cfg, prepared, on_epoch=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(comp.train, "train_fold", interrupted)
+    monkeypatch.setattr(comp.train.trainer, "train_fold", interrupted)
     capsys.readouterr()
     assert main(["grid", "--archs", "simple_cnn", "--folds", "1"]) == 130
     err = capsys.readouterr().err
@@ -403,7 +404,7 @@ def test_grid_messages_name_what_grid_can_do(prepared, monkeypatch, capsys):
 def test_an_interrupted_trial_is_listed_as_stopped_not_failed(capsys):
     import optuna
 
-    from comp.tune import print_table
+    from comp.tune.search import print_table
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction="maximize", study_name="s")

@@ -11,8 +11,8 @@ and returns an fp32, randomly initialised module whose forward maps (N, in_chans
 images to (N, num_classes) raw logits (never softmax: the trainer applies the loss).
 Extra ``**kw`` are forwarded to the model's constructor, so a typo raises TypeError.
 
-Adding a model: write a factory in the family's file (or a new ``comp/models/<family>.py``
-imported at the bottom of this file) and decorate it::
+Adding a model: write a factory in the family's file (or a new ``comp/models/<family>.py``,
+imported by this file) and decorate it with comp.models.registry's register_model::
 
     @register_model(description="...", recipe={"optimizer": "adamw", "lr": 1e-3})
     def mynet(num_classes, in_chans, img_size, **kw):
@@ -40,148 +40,16 @@ model.on_epoch_start(epoch: int, total_epochs: float)
     (requires_grad=False) from epoch 3 on. The trainer should zero grads with
     ``set_to_none=True`` so that SGD really skips a frozen parameter.
 """
-
 from __future__ import annotations
 
-from typing import Callable
+# Importing the family modules runs their @register_model decorators (comp/models/registry.py).
+from . import effnet, fastnet, finetune, mobilenet, resnet, simple, squeezenet, vgg  # noqa: F401
+from .finetune import backbone_stats
+from .registry import (TIMM_PREFIX, count_macs, count_params, create_model, list_models, model_info, register_model,
+                       without_weight_kwargs)
 
-import torch.nn as nn
-
-__all__ = ["create_model", "list_models", "model_info", "register_model", "count_params", "count_macs"]
-
-TIMM_PREFIX = "timm/"
-
-# name -> {"fn", "description", "recipe", "family"}
-_REGISTRY: dict[str, dict] = {}
-
-
-def register_model(description: str = "", recipe: dict | None = None) -> Callable:
-    """Decorator registering ``fn(num_classes, in_chans, img_size, **kw)`` under ``fn.__name__``."""
-
-    def decorator(fn: Callable) -> Callable:
-        name = fn.__name__
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = {
-            "fn": fn,
-            "description": description or (fn.__doc__ or "").strip().split("\n")[0],
-            "recipe": dict(recipe or {}),
-            "family": fn.__module__.rsplit(".", 1)[-1],
-        }
-        return fn
-
-    return decorator
-
-
-WEIGHT_KWARGS = ("pretrained", "weights")  # model_kwargs that fetch or read weights when the net is built
-
-
-def without_weight_kwargs(kwargs: dict) -> dict:
-    """The net's arguments less those that load weights: for a net whose weights come from a saved file
-    (a checkpoint, model.pt, a bundle), which must build offline and without the original weights file."""
-    return {k: v for k, v in kwargs.items() if k not in WEIGHT_KWARGS}
-
-
-def backbone_stats(name: str) -> tuple[list[float], list[float]] | None:
-    """(mean, std) a pretrained backbone's inputs are normalised with (its weights were trained so); None for
-    nets trained from scratch, which are normalised with their training images' own statistics."""
-    from .finetune import is_finetuned, norm_stats
-
-    return norm_stats(name) if is_finetuned(name) else None
-
-
-def list_models() -> list[str]:
-    """Sorted registered names (``timm/<name>`` is accepted by create_model but not listed)."""
-    return sorted(_REGISTRY)
-
-
-def _unknown(name: str) -> ValueError:
-    return ValueError(
-        f"unknown model {name!r}. Known models: {', '.join(list_models())}; "
-        f"or any timm architecture as '{TIMM_PREFIX}<name>' (e.g. '{TIMM_PREFIX}resnet18')."
-    )
-
-
-def model_info(name: str) -> dict:
-    """{"name", "description", "recipe", "family"} for a registered or ``timm/<name>`` model."""
-    if name.startswith(TIMM_PREFIX):
-        timm_adapter.check_timm_name(name[len(TIMM_PREFIX):])
-        return {
-            "name": name,
-            "description": f"timm architecture {name[len(TIMM_PREFIX):]!r} (stem adapted for <=64px)",
-            "recipe": dict(timm_adapter.TIMM_RECIPE),
-            "family": "timm_adapter",
-        }
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    entry = _REGISTRY[name]
-    return {"name": name, "description": entry["description"],
-            "recipe": dict(entry["recipe"]), "family": entry["family"]}
-
-
-def create_model(name: str, num_classes: int = 10, in_chans: int = 3, img_size: int = 32,
-                 **kwargs) -> nn.Module:
-    """Build a registered model (or ``timm/<name>``) in fp32 with random init.
-
-    ``weights=FILE`` (a state dict, .pth/.pt/.safetensors) works for every model and is
-    loaded like timm weights (shape-mismatched tensors dropped, strict=False, keys logged).
-    ``pretrained=True`` only exists for ``timm/<name>``: our own models have no released weights.
-    """
-    if name.startswith(TIMM_PREFIX):
-        return timm_adapter.create_timm_model(
-            name[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans,
-            img_size=img_size, **kwargs)
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    if _REGISTRY[name]["family"] == "finetune":  # pretrained backbones load their own weights (finetune.py)
-        return _REGISTRY[name]["fn"](num_classes, in_chans, img_size, **kwargs).float()
-    weights = kwargs.pop("weights", None)
-    if kwargs.pop("pretrained", False):
-        raise ValueError(f"{name!r} has no pretrained weights; pass weights=FILE or use a "
-                         f"'{TIMM_PREFIX}<name>' model with pretrained=True")
-    model = _REGISTRY[name]["fn"](num_classes, in_chans, img_size, **kwargs).float()
-    if weights is not None:
-        timm_adapter.load_weights(model, weights)
-    return model
-
-
-def count_params(model: nn.Module) -> int:
-    """Total number of parameters, trainable and frozen."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, in_chans: int = 3, img_size: int = 32) -> int:
-    """Multiply-adds of one image's forward pass through the convolutions and linear layers
-    (what dominates a CNN's cost), counted from one real forward pass on the CPU."""
-    import torch
-
-    total = 0
-
-    def add(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            per_output = module.in_features
-        total += output[0].numel() * per_output
-
-    hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, img_size, img_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return int(total)
-
-
-# Importing the family modules runs their @register_model decorators. They import
-# register_model from this package, so these imports must stay at the bottom.
-from . import simple, vgg, resnet, effnet, mobilenet, squeezenet, fastnet, finetune  # noqa: E402,F401
-from . import timm_adapter  # noqa: E402
+__all__ = ["create_model", "list_models", "model_info", "register_model", "count_params", "count_macs",
+           "without_weight_kwargs", "backbone_stats", "TIMM_PREFIX", "print_archs"]
 
 
 def print_archs() -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import register_model
 from .layers import SqueezeExcite, conv_bn_act, init_convs
+from .registry import register_model
 
 # (expand ratio, kernel, stride of first block, out channels, repeats)
 EFFNET_STAGES = [

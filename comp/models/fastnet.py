@@ -39,9 +39,82 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..recipe import (FASTNET_L_MUON_RECIPE, FASTNET_L_RECIPE, FASTNET_RECIPE, FASTNET_XL_RECIPE, SCARCE_PER_CLASS,
-                      s2d_fold)
-from . import register_model
+from .registry import register_model
+
+# ----------------------------------------------------------------------------- the recipes
+# Registered with the nets below; the planner (comp/train/recipe.py) adapts them to the data.
+KILOSTEP_MOMENTUM = 0.85  # airbench's SGD momentum (head and biases)
+REFERENCE_SIZE = 32  # the px the fastnet recipes' shifts were written for
+
+
+def airbench_lr_wd(lr_hyp: float, wd_hyp: float = 0.0153, momentum: float = KILOSTEP_MOMENTUM,
+                   batch_size: int = 1024) -> tuple[float, float]:
+    """Translate airbench's hyperparameters into PyTorch SGD (lr, weight_decay) for a MEAN loss.
+
+    airbench sums the loss over the batch and uses
+        kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+        lr_sum = lr_hyp / kilostep_scale,  decay_per_step = wd_hyp * batch_size / kilostep_scale
+        weight_decay_sum = decay_per_step / lr_sum
+    A mean-reduced loss has 1/batch_size the gradient, so lr_mean = lr_sum * batch_size, and
+    the per-step decay lr * wd must stay equal: wd_mean = decay_per_step / lr_mean.
+    airbench94 (lr_hyp 11.5, batch 1024): lr_mean = 11.5 / (1 + 1/0.15) = 1.5, wd_mean = 1.33e-3.
+    """
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    lr_sum = lr_hyp / kilostep_scale
+    decay_per_step = wd_hyp * batch_size / kilostep_scale
+    lr_mean = lr_sum * batch_size
+    return lr_mean, decay_per_step / lr_mean
+
+
+def airbench_muon_head_lr(batch_size: int, head_lr_sum: float = 0.67, width: int = 256) -> float:
+    """airbench94_muon's head lr (0.67 for a SUMMED loss, output scaled by 1/width, head weight
+    initialised at std 1) in fastnet's terms (MEAN loss, output x 1/9, default init, whose std
+    is ~9/width times airbench's): w_here = w_muon * 9/width, so a step of lr on the mean loss
+    equals airbench's when lr = head_lr_sum * (9/width)**2 * batch_size (1.656 at batch 2000).
+    Its decay of 2e-6 * batch per step becomes weight_decay = 2e-6 * batch / lr (2.415e-3 at
+    any batch). Muon's own lr (0.24) needs no translation: its steps do not depend on the
+    gradient's scale."""
+    return head_lr_sum * (9 / width) ** 2 * batch_size
+
+
+def fastnet_muon_recipe(batch_size: int = 2000, epochs: float = 8, width: int = 256) -> dict:
+    """airbench94_muon's hyperparameters; width: the last group's (its head scaling is 1/width)."""
+    lr = airbench_muon_head_lr(batch_size, width=width)
+    bias_lr = 0.053 * batch_size  # airbench's 0.053 on a summed loss
+    return dict(optimizer="muon", batch_size=batch_size, epochs=epochs, lr=round(lr, 4), muon_lr=0.24,
+                muon_momentum=0.6, momentum=KILOSTEP_MOMENTUM, weight_decay=round(2e-6 * batch_size / lr, 7),
+                bias_lr_scale=round(bias_lr / lr, 2),
+                label_smoothing=0.2, schedule="linear", ema=False, aug="altflip,translate:2", tta="flip+shift")
+
+
+def fastnet_sgd_recipe(lr_hyp: float, epochs: float, wd_hyp: float = 0.0153,
+                       aug: str = "flip,translate:2") -> dict:
+    """airbench94/95/96's SGD recipe. bias_lr_scale 64 is airbench's bias_scaler; "triangle" is its
+    schedule (0.2 -> 1.0 at 23% of steps -> 0.07); lr assumes batch 1024 (the planner rescales it)."""
+    lr, weight_decay = airbench_lr_wd(lr_hyp, wd_hyp)
+    return dict(optimizer="sgd", batch_size=1024, epochs=epochs, lr=round(lr, 6),
+                momentum=KILOSTEP_MOMENTUM, weight_decay=round(weight_decay, 8),
+                bias_lr_scale=64.0, label_smoothing=0.2, schedule="triangle", ema=True,
+                aug=aug, tta="flip+shift")
+
+
+# airbench94 (lr 1.5, weight_decay 1.33e-3 at batch 1024, 9.9 epochs): `--optimizer sgd ...`.
+FASTNET_SGD_RECIPE = fastnet_sgd_recipe(lr_hyp=11.5, epochs=9.9)
+# fastnet's default, airbench94_muon: Muon on the filters, SGD on head and biases, 8 epochs, batch
+# 2000 (the planner lowers it to leave 40 steps an epoch), linear decay, alternating flip.
+FASTNET_RECIPE = fastnet_muon_recipe()
+FASTNET_L_MUON_RECIPE = fastnet_muon_recipe(width=384)
+# airbench95: widths 128/384/384, lr_hyp 11.5 * 0.87 = 10.0 (lr 1.3043, wd 1.53e-3), 15 epochs.
+FASTNET_L_RECIPE = fastnet_sgd_recipe(lr_hyp=10.0, epochs=15)
+# airbench96: widths 128/384/512, three convs a group, lr_hyp 9.0, wd_hyp 0.012, 45 epochs, cutout 12.
+FASTNET_XL_RECIPE = fastnet_sgd_recipe(lr_hyp=9.0, epochs=45, wd_hyp=0.012, aug="flip,translate:4,cutout:12")
+
+
+def s2d_fold(img_size: int) -> int:
+    """The pixel fold of the s2d nets for this size: 2 at 64px, 4 at 128px, 8 at 256px, so the first group runs
+    at 32-63px; 1 (no fold) below 64px. The planner's and the s2d factories' default."""
+    return 2 ** max(0, int(math.log2(max(img_size, 1) / REFERENCE_SIZE)))
+
 
 WHITEN_EPS = 5e-4
 # A patch direction whose standard deviation is below float32 rounding of the largest one's
@@ -167,7 +240,7 @@ class FastNet(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Runs trained when the whitening kept 48 directions (before MAX_WHITEN_DIRECTIONS was 24) still
         # predict and export: the whitening and the first conv are rebuilt at the saved width. They
-        # cannot resume (comp/checkpoint.py): the optimizer holds the replaced parameters.
+        # cannot resume (comp/train/checkpoint.py): the optimizer holds the replaced parameters.
         saved = state_dict.get(prefix + "whiten.weight")
         if saved is not None and saved.shape[1:] == self.whiten.weight.shape[1:] \
                 and saved.shape[0] != self.whiten.out_channels:
@@ -245,7 +318,7 @@ class FastNet(nn.Module):
         return self.head(x) * self.scaling_factor
 
 
-# The recipes (airbench94_muon's by default; airbench94/95's SGD ones) live in comp/recipe.py.
+# The recipes (airbench94_muon's by default; airbench94/95's SGD ones) live in comp/train/recipe.py.
 
 
 @register_model(
@@ -266,8 +339,8 @@ def fastnet_l(num_classes, in_chans, img_size, **kw):
 
 
 @register_model(
-    description=f"fastnet_l's net with airbench94_muon's recipe: the budget's wider net under {SCARCE_PER_CLASS} "
-                "images a class",
+    description="fastnet_l's net with airbench94_muon's recipe: the budget's wider net for scarce data "
+                "(comp/train/recipe.py)",
     recipe=FASTNET_L_MUON_RECIPE,
 )
 def fastnet_l_muon(num_classes, in_chans, img_size, **kw):

@@ -17,15 +17,24 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..recipe import finetune_size
 from ..weights import BACKBONES, find_weights
-from . import register_model
 from .pretrained import fetch_from_hub, load_into
+from .registry import register_model
 
 HEAD_LR_SCALE = 3.0  # the new head learns from scratch: 3e-3 against the body's 1e-3
 FINETUNE_RECIPE = dict(optimizer="adamw", lr=1e-3, weight_decay=0.02, schedule="onecycle", epochs=10,
                        batch_size=64, label_smoothing=0.1, aug="rrc:0.35,flip,contrast:0.2,jitter:0.1", tta="flip",
                        ema=False, bias_lr_scale=1.0)
+
+
+FINETUNE_MIN_SIZE = 64
+CROP_SHARE = 0.875  # the training side over the cached side: room for random-resized crops (timm's crop_pct)
+
+
+def finetune_size(arch: str, image_size: int) -> int:
+    """The side a pretrained net trains at: CROP_SHARE of the cached side in steps of 32 (160px -> 128,
+    256px -> 224), at most the net's native size, at least FINETUNE_MIN_SIZE (smaller images are enlarged)."""
+    return max(FINETUNE_MIN_SIZE, min(BACKBONES[arch].native, int(image_size * CROP_SHARE) // 32 * 32))
 
 
 class Finetuned(nn.Module):
@@ -101,3 +110,9 @@ _register("mobilenetv2", "MobileNetV2")
 
 def is_finetuned(arch: str) -> bool:
     return arch in BACKBONES
+
+
+def backbone_stats(name: str) -> tuple[list[float], list[float]] | None:
+    """(mean, std) a pretrained backbone's inputs are normalised with (its weights were trained so); None for
+    nets trained from scratch, which are normalised with their training images' own statistics."""
+    return norm_stats(name) if is_finetuned(name) else None

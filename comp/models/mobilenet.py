@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import register_model
 from .layers import SqueezeExcite, conv_bn_act, init_convs
+from .registry import register_model
 
 # kernel, expanded, out, SE, activation ("RE" ReLU | "HS" hard-swish), stride
 MBV3_SMALL_BLOCKS = [

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import register_model
+from .registry import register_model
 
 
 def _half(size: int) -> int:

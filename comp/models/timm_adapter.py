@@ -32,15 +32,13 @@ import torch
 import torch.nn as nn
 
 from ..io import CompError
+from .pretrained import read_state
 
 logger = logging.getLogger(__name__)
 
 # Generic defaults for training a timm architecture from scratch on 32-64px images.
 TIMM_RECIPE = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine", epochs=30,
                    batch_size=128, label_smoothing=0.1, aug="flip,crop:4", tta="flip")
-
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
-
 
 def check_timm_name(name: str) -> None:
     """ValueError unless timm knows the architecture (hub/local-dir names are passed through)."""
@@ -140,21 +138,6 @@ def adapt_stem(model: nn.Module) -> list[str]:
     return changes
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in _WRAPPER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not contain a state dict (got {type(state).__name__})")
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
 def _resampled_pos_embed(model: nn.Module, saved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The saved position embeddings interpolated to the model's patch grid, as timm's pretrained loading does."""
     from timm.layers import resample_abs_pos_embed
@@ -173,7 +156,7 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    state = _read_state_dict(path)
+    state = read_state(path)
     own = model.state_dict()
     dropped = []
     for key, tensor in list(state.items()):

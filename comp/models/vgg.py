@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import register_model
+from .registry import register_model
 
 # (number of 3x3 convs, width) per block: 2+2+3+3+3 = 13 convs.
 VGG16_BLOCKS = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]
