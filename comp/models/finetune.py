@@ -58,8 +58,8 @@ class Finetuned(nn.Module):
     def forward(self, x):
         # Training batches come at train_size (rrc crops to it). Held-out and test images are given whole at the
         # cache's side, never shrunk (FixRes: training crops enlarge objects, a larger whole image shows them at
-        # about that size; clothing fold 0 at 160px against 128px: +0.7 points for Lite0, +0.4 for MobileNetV2,
-        # flip TTA, BENCHMARKS.md); images smaller than train_size are enlarged to it.
+        # about that size; clothing fold 0 at 160px against 128px, flip TTA: +0.7 points for Lite0, -1.0 to +1.2
+        # over four MobileNetV2 runs, mean -0.1; BENCHMARKS.md); images smaller than train_size are enlarged to it.
         side = self.train_size if self.training else max(self.train_size, x.shape[-1])
         if x.shape[-2:] != (side, side):
             x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
